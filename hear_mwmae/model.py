@@ -1,0 +1,401 @@
+"""MW-MAE in PyTorch: patch embedding, (multi-window) attention, encoder, decoder, masking, loss.
+
+Tensor layout: a spectrogram chunk is (B, T, F) = (B, 200, 80) normalised log-mel; patches
+are flattened time-major (index = t * grid_f + f) as in the release.
+
+Multi-window attention: every head h has a window w_h over the flattened token sequence
+(0 = global). The fast path runs *all* heads of a block in one
+`F.scaled_dot_product_attention` call with an additive mask that holds, per head, the
+relative position bias inside each window, -inf outside it, and the -100 penalty of
+shifted windows. The reference path partitions the sequence into windows explicitly,
+one batched computation per distinct window size, like the release. Both give the
+same numbers (tested); `set_fused_attention` picks one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+SHIFT_PENALTY = -100.0  # the release's mask value between shifted-window segments
+
+
+# ----------------------------------------------------------------------------- position embeddings
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(M,) positions -> (M, dim) [sin | cos] embedding (MAE convention)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = positions.to(torch.float64)[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1).float()
+
+
+def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(grid_t * grid_f, dim); first half encodes the frequency index, second the time index."""
+    t, f = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, f.reshape(-1)), sincos_1d(dim // 2, t.reshape(-1))], dim=1)
+
+
+# ----------------------------------------------------------------------------- attention
+def window_layout(n: int, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each token sits in (optionally shifted) windows of a length-n sequence.
+
+    Shifting rolls the sequence by -shift before partitioning, as the release does.
+    Returns per token: window id (n,), relative bias index matrix (n, n) (valid where
+    window ids match), and the shift penalty matrix (n, n) (0 or SHIFT_PENALTY).
+    """
+    if n % window:
+        raise ValueError(
+            f"window size {window} does not divide the sequence length {n} "
+            "(the release cannot run this configuration either)"
+        )
+    rolled = torch.remainder(torch.arange(n) - shift, n)  # token i's position after the roll
+    win_id = rolled // window
+    rel_index = rolled[:, None] - rolled[None, :] + window - 1
+    label = shift_labels(n, window, shift)[rolled]
+    penalty = torch.where(label[:, None] != label[None, :], SHIFT_PENALTY, 0.0)
+    return win_id, rel_index, penalty
+
+
+def shift_labels(n: int, window: int, shift: int) -> torch.Tensor:
+    """Segment label per *rolled* position: 0 for [0, n-w), 1 for [n-w, n-s), 2 for [n-s, n).
+
+    Tokens of different segments must not attend to each other (the last window holds the
+    wrapped-around first tokens). All zeros when `shift` is 0.
+    """
+    pos = torch.arange(n)
+    if not shift:
+        return torch.zeros_like(pos)
+    return (pos >= n - window).long() + (pos >= n - shift).long()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention where each head may attend only within its own window.
+
+    `window_sizes`: one per head (0 = global), or () for plain multi-head attention.
+    Parameters: `qkv`, `proj` (shared by all heads) and, per windowed head h,
+    `relative_position_bias[str(h)]` of shape (2 * w_h - 1,).
+    """
+
+    fused: bool = True
+
+    def __init__(self, dim: int, num_heads: int, window_sizes: tuple[int, ...] = (), shift: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.window_sizes = tuple(window_sizes) or (0,) * num_heads
+        self.shift = shift
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias = nn.ParameterDict(
+            {str(h): nn.Parameter(torch.zeros(2 * w - 1)) for h, w in enumerate(self.window_sizes) if w}
+        )
+        self._layout_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def shift_of(self, window: int) -> int:
+        return window // 2 if self.shift else 0
+
+    # -- fast path: one SDPA call, all heads, dense additive mask
+    def _mask_layout(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached (index (H, n, n) into [0, tables...], constant (H, n, n): 0 / -inf / penalty)."""
+        key = (n, str(device))
+        if key not in self._layout_cache:
+            index = torch.zeros(self.num_heads, n, n, dtype=torch.long)
+            const = torch.zeros(self.num_heads, n, n)
+            offset = 1  # slot 0 of the gathered vector is a zero (global heads)
+            for h, w in enumerate(self.window_sizes):
+                if not w:
+                    continue
+                win_id, rel_index, penalty = window_layout(n, w, self.shift_of(w))
+                same = win_id[:, None] == win_id[None, :]
+                index[h] = torch.where(same, rel_index + offset, 0)
+                const[h] = torch.where(same, penalty, float("-inf"))
+                offset += 2 * w - 1
+            self._layout_cache[key] = (index.to(device), const.to(device))
+        return self._layout_cache[key]
+
+    def attention_mask(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive mask (H, n, n) for SDPA, or None when every head is global."""
+        if not len(self.relative_position_bias):
+            return None
+        index, const = self._mask_layout(n, device)
+        tables = [self.relative_position_bias[str(h)] for h, w in enumerate(self.window_sizes) if w]
+        values = torch.cat([tables[0].new_zeros(1), *tables])
+        return (values[index] + const).to(dtype)
+
+    # -- reference path: explicit windows, one batched computation per window size
+    def _reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v: (B, H, N, hd) -> (B, H, N, hd)."""
+        b, _, n, hd = q.shape
+        out = torch.empty_like(q)
+        for w in sorted(set(self.window_sizes)):
+            heads = [h for h, hw in enumerate(self.window_sizes) if hw == w]
+            qh, kh, vh = q[:, heads], k[:, heads], v[:, heads]
+            if w == 0:
+                attn = (qh @ kh.transpose(-2, -1)) * self.scale
+                out[:, heads] = attn.softmax(-1) @ vh
+                continue
+            if n % w:
+                raise ValueError(f"window size {w} does not divide the sequence length {n}")
+            s = self.shift_of(w)
+            qh, kh, vh = (torch.roll(t, -s, dims=2).reshape(b, len(heads), n // w, w, hd) for t in (qh, kh, vh))
+            idx = torch.arange(w)
+            bias = torch.stack([self.relative_position_bias[str(h)] for h in heads])
+            bias = bias[:, idx[:, None] - idx[None, :] + w - 1]  # (h, w, w)
+            attn = (qh @ kh.transpose(-2, -1)) * self.scale + bias[None, :, None]
+            if s:  # Swin-style penalty between segments, per window of the rolled sequence
+                label = shift_labels(n, w, s).reshape(n // w, w)
+                penalty = torch.where(label[:, :, None] != label[:, None, :], SHIFT_PENALTY, 0.0)
+                attn = attn + penalty.to(attn)[None, None]
+            o = attn.softmax(-1) @ vh  # (B, h, nW, w, hd)
+            out[:, heads] = torch.roll(o.reshape(b, len(heads), n, hd), s, dims=2)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.fused:
+            mask = self.attention_mask(n, x.device, q.dtype)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            o = self._reference(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+
+# ----------------------------------------------------------------------------- blocks
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")  # Flax nn.gelu default
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x)). LayerNorm eps 1e-6."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float,
+                 window_sizes: tuple[int, ...] = (), shift: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, window_sizes, shift)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def _blocks(cfg: ModelConfig, dim: int, depth: int, heads: int, windows: tuple[int, ...]) -> nn.ModuleList:
+    # Shifted windows: odd-indexed blocks shift, even ones do not (release behaviour).
+    return nn.ModuleList(
+        Block(dim, heads, cfg.mlp_ratio, cfg.layer_norm_eps, windows, shift=cfg.shifting_windows and i % 2 == 1)
+        for i in range(depth)
+    )
+
+
+# ----------------------------------------------------------------------------- encoder / decoder
+class Encoder(nn.Module):
+    """Patch embedding + position embedding (+ CLS) + blocks + final norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(cfg.in_chans, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        extra = int(cfg.use_cls_token)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.use_cls_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + extra, d))
+        self.blocks = _blocks(cfg, d, cfg.depth, cfg.num_heads, cfg.window_sizes)
+        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) spectrogram -> (B, L, D) patch tokens with position embedding."""
+        if x.ndim != 3 or tuple(x.shape[1:]) != self.cfg.img_size:
+            raise ValueError(f"expected (B, {self.cfg.img_size[0]}, {self.cfg.img_size[1]}), got {tuple(x.shape)}")
+        x = self.patch_embed.proj(x.unsqueeze(1).to(self.pos_embed.dtype))  # (B, D, gt, gf)
+        x = x.flatten(2).transpose(1, 2)  # (B, L, D), index t * gf + f
+        return x + self.pos_embed[:, 1:] if self.cls_token is not None else x + self.pos_embed
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 200, 80) normalised log-mel -> (B, grid_t, grid_f * D) = (B, 50, 5 * D).
+
+        The frequency patches of each time step are concatenated, frequency-major.
+        """
+        x = self._run(self.embed_patches(x))
+        if self.cls_token is not None:
+            x = x[:, 1:]
+        b, _, d = x.shape
+        gt, gf = self.cfg.grid_size
+        return x.reshape(b, gt, gf * d)
+
+    def forward_masked(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Encode only the kept patches. x (B, T, F), ids_keep (B, K) -> latent (B, K [+1 CLS first], D)."""
+        tokens = self.embed_patches(x)
+        kept = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self._run(kept)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+class Decoder(nn.Module):
+    """MW-MHA decoder: embed, un-shuffle with mask tokens, blocks, norm, pixel prediction."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.decoder_embed_dim
+        self.embed = nn.Linear(cfg.embed_dim, d)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + int(cfg.use_cls_token), d))
+        self.blocks = _blocks(cfg, d, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_window_sizes)
+        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.pred = nn.Linear(d, cfg.patch_dim)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent (B, K [+1], D), ids_restore (B, L) -> predicted patches (B, L, patch_dim)."""
+        x = self.embed(latent)
+        cls = None
+        if self.cfg.use_cls_token:
+            cls, x = x[:, :1], x[:, 1:]
+        b, k, d = x.shape
+        n = ids_restore.shape[1]
+        x = torch.cat([x, self.mask_token.expand(b, n - k, d)], dim=1)
+        x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        if cls is not None:
+            x = torch.cat([cls, x], dim=1)
+        x = x + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.pred(self.norm(x))
+        return x[:, 1:] if cls is not None else x
+
+
+class MAEOutput(NamedTuple):
+    loss: torch.Tensor  # scalar
+    pred: torch.Tensor  # (B, L, patch_dim)
+    mask: torch.Tensor  # (B, L), 1 = removed
+
+
+class MWMAE(nn.Module):
+    """Masked autoencoder: `encoder` (what HEAR uses) + `decoder` (pre-training only)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fresh pre-training init as in the release: xavier-uniform kernels, zero biases,
+        sin-cos position embeddings, N(0, 0.02) tokens, truncated-normal bias tables."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, Attention):
+                for table in m.relative_position_bias.values():
+                    nn.init.trunc_normal_(table, std=0.02, a=-0.04, b=0.04)
+        extra = int(self.cfg.use_cls_token)
+        enc, dec = self.encoder, self.decoder
+        enc.pos_embed[0, extra:] = sincos_2d(self.cfg.embed_dim, self.cfg.grid_size)
+        dec.pos_embed[0, extra:] = sincos_1d(self.cfg.decoder_embed_dim, torch.arange(self.cfg.num_patches))
+        enc.pos_embed[0, :extra] = 0
+        dec.pos_embed[0, :extra] = 0
+        nn.init.normal_(dec.mask_token, std=0.02)
+        if enc.cls_token is not None:
+            nn.init.normal_(enc.cls_token, std=0.02)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (B, L, pt * pf); pixels time-major within a patch."""
+        (gt, gf), (pt, pf) = self.cfg.grid_size, self.cfg.patch_size
+        b = x.shape[0]
+        x = x.reshape(b, gt, pt, gf, pf).permute(0, 1, 3, 2, 4)
+        return x.reshape(b, gt * gf, pt * pf)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, L, pt * pf) -> (B, T, F)."""
+        (gt, gf), (pt, pf) = self.cfg.grid_size, self.cfg.patch_size
+        b = patches.shape[0]
+        x = patches.reshape(b, gt, gf, pt, pf).permute(0, 1, 3, 2, 4)
+        return x.reshape(b, gt * pt, gf * pf)
+
+    def random_masking(
+        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample random masking by argsort of uniform noise.
+
+        Returns ids_keep (B, K), ids_restore (B, L), mask (B, L) float (1 = removed).
+        """
+        n = self.cfg.num_patches
+        if noise is None:
+            noise = torch.rand(batch_size, n, generator=generator, device=generator.device if generator else device)
+        noise = noise.to(device)
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, : self.cfg.len_keep]
+        mask = torch.ones(batch_size, n, device=device)
+        mask[:, : self.cfg.len_keep] = 0
+        return ids_keep, ids_restore, torch.gather(mask, 1, ids_restore)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error per patch, averaged over removed patches only."""
+        if self.cfg.norm_pix_loss:
+            mean = target.mean(-1, keepdim=True)
+            var = target.var(-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6) ** 0.5
+        per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(
+        self, x: torch.Tensor, ids_keep: torch.Tensor | None = None, ids_restore: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MAEOutput:
+        """x (B, 200, 80) -> MAEOutput. Masks are drawn with `generator` unless given."""
+        if ids_keep is None or ids_restore is None:
+            ids_keep, ids_restore, mask = self.random_masking(x.shape[0], x.device, generator)
+        else:
+            mask = torch.ones_like(ids_restore, dtype=torch.float32)
+            mask.scatter_(1, ids_keep, 0.0)
+        pred = self.decoder(self.encoder.forward_masked(x, ids_keep), ids_restore)
+        return MAEOutput(self.loss(pred, self.patchify(x), mask), pred, mask)
+
+
+def set_fused_attention(model: nn.Module, fused: bool) -> None:
+    """Choose SDPA (True) or the explicit reference path (False) for every attention layer."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused = fused
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["Attention", "Block", "Decoder", "Encoder", "MAEOutput", "MWMAE", "count_parameters",
+           "set_fused_attention", "sincos_1d", "sincos_2d"]

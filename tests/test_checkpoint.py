@@ -1,0 +1,127 @@
+"""Our checkpoint format: round trips, safe loading, Hub references (offline), clear errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+import hear_mwmae
+from hear_mwmae.checkpoint import (CheckpointError, build_encoder, build_mwmae, load_checkpoint, resolve,
+                                   save_checkpoint)
+from hear_mwmae.convert import sha256_file
+
+from conftest import fixture_dir
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("encoder_only", [False, True])
+def test_round_trip(converted, tmp_path, suffix, encoder_only):
+    c = converted("mwmae_shift_tiny")
+    path = save_checkpoint(tmp_path / f"m{suffix}", c.config, c.state_dict, provenance=c.provenance,
+                           encoder_only=encoder_only)
+    ckpt = load_checkpoint(path)
+    assert ckpt.config == c.config and ckpt.encoder_only == encoder_only
+    assert ckpt.provenance["source_sha256"] == c.provenance["source_sha256"]
+    for k, v in ckpt.state_dict.items():
+        assert torch.equal(v, c.state_dict[k])
+    build_encoder(ckpt)
+    if encoder_only:
+        with pytest.raises(CheckpointError, match="encoder-only"):
+            build_mwmae(ckpt)
+    else:
+        build_mwmae(ckpt)
+
+
+def test_pt_file_loads_with_plain_weights_only_torch_load(tiny_checkpoint):
+    obj = torch.load(tiny_checkpoint, weights_only=True)
+    assert obj["format"] == "hear-mwmae" and obj["format_version"] == 1
+    assert obj["config"]["model"]["embed_dim"] == 192
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "hear-mwmae", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+
+
+def test_missing_file_says_how_to_get_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights/README.md"):
+        hear_mwmae.load_model(str(tmp_path / "base.pt"))
+
+
+def test_corrupt_and_foreign_files(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a hear-mwmae checkpoint"):
+        load_checkpoint(foreign)
+    flax = tmp_path / "checkpoint_0"
+    shutil.copy(fixture_dir("mwmae_tiny") / "ckpt" / "checkpoint_0", flax)
+    with pytest.raises(CheckpointError, match="hear-mwmae convert"):
+        load_checkpoint(flax)
+
+
+def test_weights_that_do_not_match_config_are_rejected(converted, tmp_path):
+    c = converted("mwmae_tiny")
+    state = dict(c.state_dict)
+    state["encoder.norm.weight"] = torch.zeros(7)
+    path = save_checkpoint(tmp_path / "m.pt", c.config, state)
+    with pytest.raises(CheckpointError, match="do not match its config"):
+        build_encoder(load_checkpoint(path))
+
+
+def test_run_directory_is_converted_on_the_fly(converted, caplog):
+    ckpt = load_checkpoint(fixture_dir("mwmae_tiny") / "ckpt")
+    assert "convert once" in caplog.text
+    assert torch.equal(ckpt.state_dict["encoder.pos_embed"], converted("mwmae_tiny").state_dict["encoder.pos_embed"])
+
+
+def test_sha256_pin(tiny_checkpoint):
+    digest = sha256_file(tiny_checkpoint)
+    assert resolve(tiny_checkpoint, sha256=digest) == tiny_checkpoint
+    with pytest.raises(CheckpointError, match="does not match the pinned"):
+        hear_mwmae.load_model(str(tiny_checkpoint), sha256="0" * 64)
+
+
+def make_hub_cache(root, repo_id: str, filename: str, source, revision: str = "main"):
+    """Lay out a Hugging Face Hub cache entry by hand, as huggingface_hub stores downloads."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / f"models--{repo_id.replace('/', '--')}"
+    snap = repo_dir / "snapshots" / commit / filename
+    snap.parent.mkdir(parents=True)
+    shutil.copy(source, snap)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / revision).write_text(commit)
+    return commit
+
+
+def test_hub_reference_resolves_offline_from_the_cache(tiny_checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    make_hub_cache(tmp_path / "hub", "someone/mwmae", "sub/tiny.pt", tiny_checkpoint)
+    digest = sha256_file(tiny_checkpoint)
+    model = hear_mwmae.load_model("hf://someone/mwmae/sub/tiny.pt", device="cpu", sha256=digest)
+    assert model.scene_embedding_size == 960
+    with pytest.raises(FileNotFoundError, match="Hugging Face Hub"):
+        load_checkpoint("hf://someone/mwmae/sub/missing.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint("hf://someone/mwmae/sub/tiny.pt@v2")  # revision not in the cache, offline
+    with pytest.raises(ValueError, match="bad Hub reference"):
+        load_checkpoint("hf://only-owner")
