@@ -135,14 +135,14 @@ class MWMAERuntime(nn.Module):
         chunk_frames, frames_per_step = cfg.img_size[0], cfg.patch_size[0]
         steps_per_chunk, dim = cfg.grid_size[0], self.timestamp_embedding_size
         b, n = audio.shape
-        if b == 0:
-            empty = torch.zeros(0, dim, device=self.device)
-            return (empty, empty[:, :0]) if scene_only else (torch.zeros(0, 0, dim, device=self.device),
-                                                               torch.zeros(0, 0, device=self.device))
         num_frames = self.frontend.num_frames(n)
         steps = math.ceil(num_frames / frames_per_step)
         hop_ms = 1000.0 * self.config.frontend.hop_length / self.sample_rate
         stamps = step_timestamps(num_frames, frames_per_step, hop_ms).to(self.device).expand(b, -1)
+        if b == 0:  # an empty batch: empty outputs of the right shape
+            if scene_only:
+                return torch.zeros(0, dim, device=self.device), stamps[:, :0]
+            return torch.zeros(0, steps, dim, device=self.device), stamps.clone()
 
         mel = self._frontend(audio)  # (B, T, F)
         index = chunk_index(num_frames, chunk_frames).to(self.device)
