@@ -100,6 +100,9 @@ class MWMAERuntime(nn.Module):
         self.timestamp_embedding_size = int(config.model.embedding_size)
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.to(device)
+        if device.type == "cpu" and precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn("this CPU has no native bfloat16 matrix units (AVX-512-BF16 / AMX): bf16 will be "
+                          "slower than fp32 here", stacklevel=2)
 
     @property
     def device(self) -> torch.device:
