@@ -32,15 +32,19 @@ FRONTEND_SAMPLES_PER_PASS = 16_000 * 60 * 4  # bounds frontend memory: ~4 min of
 
 
 def step_timestamps(num_frames: int, frames_per_step: int, hop_ms: float) -> torch.Tensor:
-    """Centre (ms) of the real frames each step covers; frame j is centred at j * hop_ms.
+    """Centre (ms) of the frames each step covers; frame j is centred at j * hop_ms.
 
-    Step i covers frames [p*i, min(p*i + p - 1, T - 1)]. Returns (ceil(T / p),) float32,
-    e.g. 15, 55, 95, ... ms for p = 4 and a 10 ms hop; the last never lies past the clip.
+    Step i covers frames [p*i, p*i + p - 1], so its timestamp is (p*i + (p-1)/2) * hop_ms:
+    15, 55, 95, ... ms for p = 4 and a 10 ms hop. Returns (ceil(T / p),) float32.
+
+    This is the centre of the step's real frames for every complete step. A last step that
+    holds fewer than p real frames (T % p != 0) stays on the same regular grid, because
+    hear-validator requires every interval to be within 1 ms of the mean; its timestamp
+    then lies at most (p-1)/2 frames (15 ms) past the centre of the clip's last frame.
     """
     p = frames_per_step
     first = torch.arange(0, num_frames, p, dtype=torch.float64)
-    last = torch.clamp(first + p - 1, max=num_frames - 1)
-    return ((first + last) / 2 * hop_ms).to(torch.float32)
+    return ((first + (p - 1) / 2) * hop_ms).to(torch.float32)
 
 
 def chunk_index(num_frames: int, chunk_frames: int) -> torch.Tensor:
