@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 echo "torch==2.13.0" > /tmp/hear-mwmae-torch-pin.txt
 "$PY" -m pip install --quiet --disable-pip-version-check -c /tmp/hear-mwmae-torch-pin.txt -e ".[test]"
-bash evaluation/install.sh
+PYTHON="$PY" bash evaluation/install.sh
 "$PY" -c "import torch, hear_mwmae; print('hear-mwmae', hear_mwmae.__version__, 'with torch', torch.__version__)"

@@ -1,0 +1,11 @@
+"""HEAR 2021 evaluation of hear_mwmae: the paper's ten-task table with one command.
+
+    bash evaluation/install.sh                     # heareval + hearvalidator, torch kept
+    python -m evaluation.run --tasks-dir TASKS --model CKPT [--grid paper] [--seeds 10]
+    python -m evaluation.synthetic OUT_DIR         # small HEAR-format tasks for tests
+
+Modules: tasks (registry, published numbers, task-folder checks), grids (downstream
+hyperparameters), compat (fixes for heareval on current torch/Lightning), embed, predict,
+report, run (the command), synthetic (test tasks), store (hashing, atomic writes).
+See evaluation/README.md.
+"""
