@@ -181,8 +181,9 @@ def spawn(workload: str, config: str, args: argparse.Namespace, tmp: Path, save:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--workload", workload, "--config", config,
            "--result", str(result_file), "--device", args.device, "--threads", str(args.threads),
            "--size", args.size, "--seed", str(args.seed), "--repeats", str(args.repeats),
-           "--repeat-budget-s", str(args.repeat_budget_s),
-           "--max-chunks-per-batch", str(args.max_chunks_per_batch)]
+           "--repeat-budget-s", str(args.repeat_budget_s)]
+    if args.max_chunks_per_batch:
+        cmd += ["--max-chunks-per-batch", str(args.max_chunks_per_batch)]
     if save:
         cmd += ["--save-output", str(tmp / f"{workload}-{config}.npy")]
     log.info("running %s / %s", workload, config)
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--size", default="base", help="encoder size preset (random weights)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-chunks-per-batch", type=int, default=32)
+    p.add_argument("--max-chunks-per-batch", type=int, default=None,
+                   help="chunks per encoder pass for ours (default: the runtime's, 8 on CPU / 128 on GPU)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense peak TFLOP/s for the precision used, to report the FLOP-bound fraction")
     p.add_argument("--json", type=Path, help="also write all measurements here")

@@ -26,7 +26,8 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
     options (also via heareval's `--model-options` JSON):
         device: "cpu", "cuda", "cuda:1", ... (default: cuda if available)
         precision: "fp32" (default), "bf16" or "fp16" (autocast)
-        max_chunks_per_batch: 2 s chunks per encoder pass (default 32; bounds memory)
+        max_chunks_per_batch: 2 s chunks per encoder pass (default 8 on CPU, 128 on GPU;
+            bounds memory)
         sha256: pin the checkpoint file's hash (checked before loading)
     """
     from .checkpoint import build_encoder, load_checkpoint
@@ -40,7 +41,7 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
     return MWMAERuntime(
         build_encoder(ckpt), ckpt.config, device=options.get("device"),
         precision=options.get("precision", "fp32"),
-        max_chunks_per_batch=int(options.get("max_chunks_per_batch", 32)),
+        max_chunks_per_batch=options.get("max_chunks_per_batch"),
     )
 
 

@@ -73,12 +73,26 @@ class LogMelFrontend(nn.Module):
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.cfg.hop_length
 
-    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
-        """(B, N) float -> raw log-mel (B, T, n_mels), float32, before normalisation."""
+    def log_mel(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
+        """(B, N) float -> raw log-mel (B, T, n_mels), float32, before normalisation.
+
+        `frames_per_block` computes the STFT a block of frames at a time (frames are
+        independent), bounding the memory of long clips; the result is the same.
+        """
         cfg = self.cfg
         waveform = waveform.to(torch.float32)
         pad = cfg.n_fft // 2
         padded = waveform[:, reflect_indices(waveform.shape[-1], pad, pad, waveform.device)]
+        num_frames = self.num_frames(waveform.shape[-1])
+        block = max(1, frames_per_block or num_frames)
+        parts = [self._frames_to_log_mel(padded[:, f0 * cfg.hop_length:(min(num_frames, f0 + block) - 1)
+                                                * cfg.hop_length + cfg.n_fft])
+                 for f0 in range(0, num_frames, block)]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _frames_to_log_mel(self, padded: torch.Tensor) -> torch.Tensor:
+        """Already padded (B, L) -> (B, 1 + (L - n_fft) // hop, n_mels)."""
+        cfg = self.cfg
         spec = torch.stft(
             padded,
             n_fft=cfg.n_fft,
@@ -100,6 +114,6 @@ class LogMelFrontend(nn.Module):
         std = logmel.std(dim=(1, 2), keepdim=True)
         return (logmel - mean) / (std + self.cfg.norm_eps)
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
         """(B, N) -> normalised log-mel (B, T, n_mels)."""
-        return self.normalize(self.log_mel(waveform))
+        return self.normalize(self.log_mel(waveform, frames_per_block))

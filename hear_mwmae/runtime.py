@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOUD_AUDIO = 2.0  # warn when |audio| exceeds this (HEAR audio lies in [-1, 1])
-FRONTEND_SAMPLES_PER_PASS = 16_000 * 60 * 4  # bounds frontend memory: ~4 min of audio at a time
+FRONTEND_SAMPLES_PER_PASS = 16_000 * 60 * 4  # the frontend sees at most ~4 min of audio at a time
+DEFAULT_CHUNKS = {"cpu": 8, "cuda": 128}  # chunks per encoder pass when not set
 
 
 def step_timestamps(num_frames: int, frames_per_step: int, hop_ms: float) -> torch.Tensor:
@@ -87,17 +88,17 @@ class MWMAERuntime(nn.Module):
     sample_rate: int = 16000
 
     def __init__(self, encoder: Encoder, config: MWMAEConfig, device: str | torch.device | None = None,
-                 precision: str = "fp32", max_chunks_per_batch: int = 32) -> None:
+                 precision: str = "fp32", max_chunks_per_batch: int | None = None) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if int(max_chunks_per_batch) < 1:
+        if max_chunks_per_batch is not None and int(max_chunks_per_batch) < 1:
             raise ValueError("max_chunks_per_batch must be >= 1")
         if config.frontend.sample_rate != self.sample_rate:
             raise ValueError(f"model expects {config.frontend.sample_rate} Hz; HEAR runtime is 16 kHz only")
         self.config = config
         self.precision = precision
-        self.max_chunks_per_batch = int(max_chunks_per_batch)
+        self.chunks_per_batch_option = None if max_chunks_per_batch is None else int(max_chunks_per_batch)
         self.frontend = LogMelFrontend(config.frontend)
         self.encoder = encoder.eval().requires_grad_(False)
         self.scene_embedding_size = int(config.model.embedding_size)
@@ -117,25 +118,36 @@ class MWMAERuntime(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
+    @property
+    def max_chunks_per_batch(self) -> int:
+        """Chunks per encoder pass: the option, else 8 on CPU (memory) and 128 on GPU (speed)."""
+        return self.chunks_per_batch_option or DEFAULT_CHUNKS.get(self.device.type, 32)
+
     def _frontend(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, N) -> (B, T, F) normalised log-mel on the device, a bounded number of clips at a time."""
-        per_pass = max(1, FRONTEND_SAMPLES_PER_PASS // audio.shape[1])
-        parts = [self.frontend(audio[i:i + per_pass].to(self.device, torch.float32))
+        """(B, N) -> (B, T, F) normalised log-mel on the device.
+
+        Clips go through in groups, and long clips a block of frames at a time, so the
+        STFT never holds more than ~FRONTEND_SAMPLES_PER_PASS samples' worth of frames.
+        """
+        n = audio.shape[1]
+        per_pass = max(1, FRONTEND_SAMPLES_PER_PASS // n)
+        frames_per_block = max(1, FRONTEND_SAMPLES_PER_PASS // (self.config.frontend.hop_length * per_pass))
+        parts = [self.frontend(audio[i:i + per_pass].to(self.device, torch.float32), frames_per_block)
                  for i in range(0, audio.shape[0], per_pass)]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _encode_chunks(self, chunks: torch.Tensor) -> Iterator[torch.Tensor]:
-        """(M, 200, F) -> yields (m, steps_per_chunk, D) float32 for consecutive micro-batches."""
+    def _encode_chunks(self, chunks: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """(M, 200, F) -> yields (first row, (m, steps_per_chunk, D) float32) per micro-batch."""
         for i in range(0, chunks.shape[0], self.max_chunks_per_batch):
             with self._autocast():
-                yield self.encoder.forward_features(chunks[i:i + self.max_chunks_per_batch]).float()
+                yield i, self.encoder.forward_features(chunks[i:i + self.max_chunks_per_batch]).float()
 
     @torch.inference_mode()
     def embed(self, audio: torch.Tensor, scene_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, N) -> (embeddings (B, S, D), timestamps (B, S) ms), float32 on the device.
 
-        With `scene_only`, returns (scene (B, D), empty) and never holds all timestamp
-        embeddings at once.
+        With `scene_only`, returns (scene (B, D), empty (B, 0)): the mean over steps,
+        accumulated per micro-batch, so long audio never holds all timestamp embeddings.
         """
         audio = validate_audio(audio)
         cfg = self.config.model
@@ -145,29 +157,23 @@ class MWMAERuntime(nn.Module):
         num_frames = self.frontend.num_frames(n)
         steps = math.ceil(num_frames / frames_per_step)
         hop_ms = 1000.0 * self.config.frontend.hop_length / self.sample_rate
-        stamps = step_timestamps(num_frames, frames_per_step, hop_ms).to(self.device).expand(b, -1)
-        if b == 0:  # an empty batch: empty outputs of the right shape
-            if scene_only:
-                return torch.zeros(0, dim, device=self.device), stamps[:, :0]
-            return torch.zeros(0, steps, dim, device=self.device), stamps.clone()
+        stamps = step_timestamps(num_frames, frames_per_step, hop_ms).to(self.device).expand(b, -1).clone()
+        out = torch.zeros(b, dim, device=self.device) if scene_only else torch.empty(b, steps, dim, device=self.device)
+        if b == 0:
+            return (out, stamps[:, :0]) if scene_only else (out, stamps)
 
         mel = self._frontend(audio)  # (B, T, F)
         index = chunk_index(num_frames, chunk_frames).to(self.device)
-        chunks = mel[:, index].reshape(-1, chunk_frames, mel.shape[-1])  # (B * C, 200, F)
-        per_clip = chunks.shape[0] // b * steps_per_chunk  # padded steps per clip
-        if scene_only:
-            total = torch.zeros(b, dim, device=self.device)
-            pos = 0
-            for out in self._encode_chunks(chunks):
-                flat = out.reshape(-1, dim)  # consecutive padded steps of consecutive clips
-                clip = torch.arange(pos, pos + flat.shape[0], device=self.device) // per_clip
-                keep = (torch.arange(pos, pos + flat.shape[0], device=self.device) % per_clip) < steps
-                total.index_add_(0, clip[keep], flat[keep])
-                pos += flat.shape[0]
-            return total / steps, stamps[:, :0]
-        out = torch.empty(chunks.shape[0], steps_per_chunk, dim, device=self.device)
-        pos = 0
-        for part in self._encode_chunks(chunks):
-            out[pos:pos + part.shape[0]] = part
-            pos += part.shape[0]
-        return out.reshape(b, per_clip, dim)[:, :steps], stamps.clone()
+        chunks = mel[:, index].reshape(-1, chunk_frames, mel.shape[-1])  # (B * C, 200, F), clip-major
+        padded_steps = chunks.shape[0] // b * steps_per_chunk  # per clip, before trimming
+        for first_row, part in self._encode_chunks(chunks):
+            flat = part.reshape(-1, dim)  # consecutive padded steps of consecutive clips
+            g = torch.arange(first_row * steps_per_chunk, first_row * steps_per_chunk + flat.shape[0],
+                             device=self.device)
+            clip, step = g // padded_steps, g % padded_steps
+            real = step < steps  # drop the steps that only cover padding
+            if scene_only:
+                out.index_add_(0, clip[real], flat[real])
+            else:
+                out[clip[real], step[real]] = flat[real]
+        return (out / steps, stamps[:, :0]) if scene_only else (out, stamps)

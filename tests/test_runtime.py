@@ -160,3 +160,33 @@ def test_bad_options(tiny_checkpoint):
         hear_mwmae.load_model(str(tiny_checkpoint), precision="int8")
     with pytest.raises(TypeError, match="load_model"):
         hear_mwmae.get_scene_embeddings(audio_batch(1, 800), torch.nn.Linear(2, 2))
+
+
+def test_blocked_frontend_equals_whole_clip():
+    from hear_mwmae.frontend import LogMelFrontend
+
+    frontend = LogMelFrontend()
+    audio = audio_batch(2, 16000 * 3 + 77)
+    whole = frontend(audio)
+    for block in (1, 7, 100, 301):
+        torch.testing.assert_close(frontend(audio, frames_per_block=block), whole, rtol=0, atol=1e-6)
+
+
+def test_long_clip_goes_through_the_frontend_in_blocks(tiny_checkpoint, monkeypatch):
+    import hear_mwmae.runtime as runtime
+
+    audio = audio_batch(1, 16000 * 9)
+    model = hear_mwmae.load_model(str(tiny_checkpoint), device="cpu")
+    ref = hear_mwmae.get_timestamp_embeddings(audio, model)[0]
+    monkeypatch.setattr(runtime, "FRONTEND_SAMPLES_PER_PASS", 16000 * 2)  # 9 s clip -> 5 blocks
+    calls = []
+    original = model.frontend._frames_to_log_mel
+    monkeypatch.setattr(model.frontend, "_frames_to_log_mel", lambda x: calls.append(x.shape) or original(x))
+    torch.testing.assert_close(hear_mwmae.get_timestamp_embeddings(audio, model)[0], ref, rtol=0, atol=1e-5)
+    assert len(calls) == 5 and max(shape[1] for shape in calls) <= 16000 * 2 + 400
+
+
+def test_default_micro_batch_follows_the_device(tiny_checkpoint):
+    model = hear_mwmae.load_model(str(tiny_checkpoint), device="cpu")
+    assert model.max_chunks_per_batch == 8
+    assert hear_mwmae.load_model(str(tiny_checkpoint), device="cpu", max_chunks_per_batch=3).max_chunks_per_batch == 3
