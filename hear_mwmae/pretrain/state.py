@@ -1,0 +1,104 @@
+"""Training checkpoints: everything needed to continue a run exactly, written atomically.
+
+`RUN_DIR/checkpoint.pt` is a plain dict loadable with `torch.load(weights_only=True)`:
+    {"format": "hear-mwmae-train", "format_version": 1, "train_config": TrainConfig.to_dict(),
+     "step": optimiser steps done, "model": state dict, "optimizer": state dict,
+     "rng": {"torch", "cuda", "numpy", "python"}, "world_size": int, "last_loss": float,
+     "data": {"num_clips", "steps_per_epoch"}, "train_seconds": float}
+Data position and masks need no state of their own: they are functions of
+(seed, epoch, sample index) and the step count (see `data.py`). The RNG states are
+saved anyway so that any other use of the global generators also continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TRAIN_FORMAT = "hear-mwmae-train"
+TRAIN_FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def capture_rng() -> dict[str, Any]:
+    """Global RNG states (torch, CUDA, numpy, python) as tensors and plain containers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` to a temporary file beside `path`, fsync, then `os.replace`.
+
+    A crash at any moment leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_train_state(path: str | Path, *, train_config: dict[str, Any], step: int, model: dict[str, torch.Tensor],
+                     optimizer: dict[str, Any], world_size: int, last_loss: float | None,
+                     data: dict[str, Any], seconds: float) -> Path:
+    """Write a training checkpoint (call on one process only). `data` describes the dataset
+    (number of clips, steps per epoch) so that a resume can check it is the same; `seconds`
+    is the wall time spent training so far, over all resumptions."""
+    return atomic_save({
+        "format": TRAIN_FORMAT, "format_version": TRAIN_FORMAT_VERSION, "train_config": train_config,
+        "step": int(step), "model": {k: v.detach().cpu() for k, v in model.items()}, "optimizer": optimizer,
+        "rng": capture_rng(), "world_size": int(world_size), "last_loss": last_loss, "data": data,
+        "train_seconds": float(seconds),
+    }, path)
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint (a run directory or the file itself) onto the CPU; weights-only."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        raise ValueError(f"{path} is not a hear-mwmae training checkpoint")
+    if state.get("format_version") != TRAIN_FORMAT_VERSION:
+        raise ValueError(f"{path}: training checkpoint version {state.get('format_version')} is not supported")
+    return state
+
+
+__all__ = ["CHECKPOINT_NAME", "atomic_save", "capture_rng", "load_train_state", "restore_rng", "save_train_state"]

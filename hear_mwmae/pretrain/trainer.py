@@ -1,0 +1,226 @@
+"""The pre-training loop: one process, or many under `torchrun` (DDP).
+
+Per optimiser step: set the scheduled lr, run `accum_steps` micro-batches (gradients are
+synchronised across processes only on the last one), clip (optional), AdamW step. Each
+micro-batch is (B, 200, 80) normalised log-mel crops plus per-sample masking noise
+(B, 250) from the dataset, so masks do not depend on the process layout.
+
+Run directory:
+    train_config.json   the full TrainConfig        checkpoint.pt   latest training state
+    metrics.jsonl       loss / lr / throughput       loss_curve.png  plot of metrics.jsonl
+    run.json            data and environment facts   skipped_files.txt  unreadable inputs
+Only global rank 0 writes it; on resume every process reads `checkpoint.pt`, so on several
+machines the run directory (and the data) must be on shared storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..model import MWMAE, set_fused_attention
+from . import distributed
+from .data import CropDataset, StepSampler, scan
+from .metrics import METRICS_NAME, PLOT_NAME, MetricsLog, plot_loss_curve
+from .recipes import TrainConfig, lr_at
+from .state import CHECKPOINT_NAME, load_train_state, restore_rng, save_train_state
+
+log = logging.getLogger(__name__)
+PLOT_INTERVAL_S = 600.0  # redraw the loss curve at checkpoints at most this often (and at the end)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    step: int  # optimiser steps done
+    total_steps: int  # steps of the whole schedule
+    last_loss: float | None  # mean loss of the last logging window
+    seconds: float  # wall time of this call
+
+
+def pick_device(device: str | None, info: distributed.DistInfo) -> torch.device:
+    """`device` if given; else this process's GPU when CUDA is available, else the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return torch.device(device)
+
+
+def build_model(cfg: TrainConfig, dev: torch.device) -> tuple[MWMAE, torch.optim.AdamW]:
+    """Freshly initialised model (seeded by cfg.seed, so equal on every process) and its AdamW."""
+    torch.manual_seed(cfg.seed)
+    model = MWMAE(cfg.model)
+    set_fused_attention(model, cfg.fused_attention if cfg.fused_attention is not None else dev.type == "cuda")
+    model.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.peak_lr, betas=cfg.betas, eps=cfg.adam_eps,
+                            weight_decay=cfg.weight_decay)
+    return model, opt
+
+
+def optimizer_step(cfg: TrainConfig, model: MWMAE, net: torch.nn.Module, opt: torch.optim.Optimizer,
+                   batches: Iterator[tuple[torch.Tensor, torch.Tensor]], lr: float, dev: torch.device,
+                   ddp: bool) -> torch.Tensor:
+    """One optimiser step over `accum_steps` micro-batches; returns the mean loss (a 0-d tensor).
+
+    `net` is `model`, or its DDP wrapper (gradients are all-reduced on the last micro-batch only).
+    """
+    for group in opt.param_groups:
+        group["lr"] = lr
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
+    total = torch.zeros((), device=dev)
+    for micro_step in range(cfg.accum_steps):
+        x, noise = next(batches)  # (B, 200, 80) crops, (B, 250) masking noise
+        x, noise = x.to(dev, non_blocking=True), noise.to(dev, non_blocking=True)
+        ids_keep, ids_restore, _ = model.random_masking(x.shape[0], dev, noise=noise)
+        last = micro_step == cfg.accum_steps - 1
+        with contextlib.nullcontext() if last or not ddp else net.no_sync():
+            with autocast:
+                loss = net(x, ids_keep, ids_restore).loss
+            (loss / cfg.accum_steps).backward()
+        total += loss.detach().float() / cfg.accum_steps
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total
+
+
+def _check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
+    a, b = saved.result_fields(), cfg.result_fields()
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if diff:
+        raise ValueError(f"the checkpoint was trained with different settings ({', '.join(diff)}); "
+                         "resume with the run's own train_config.json (omit --recipe/--set)")
+
+
+def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, *, resume: bool = False,
+          stop_at_step: int | None = None, device: str | None = None,
+          dist_info: distributed.DistInfo | None = None) -> TrainResult:
+    """Pre-train (or continue pre-training) into `run_dir`.
+
+    resume: continue from `run_dir/checkpoint.pt` (an error if it exists and resume is False).
+    stop_at_step: stop (with a checkpoint) after this many optimiser steps, without changing
+        the schedule; a later `resume=True` call continues exactly.
+    dist_info: the process group (default: the one already joined, or a single process).
+    """
+    began = time.perf_counter()
+    info = dist_info or distributed.current()
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    dev = pick_device(device, info)
+
+    state = None
+    if ckpt_path.exists():
+        if not resume:
+            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or use another --out")
+        state = load_train_state(ckpt_path)
+        _check_resumable(TrainConfig.from_dict(state["train_config"]), cfg)
+    elif resume:
+        log.warning("no checkpoint in %s: starting a new run", run_dir)
+
+    # data
+    clips, skipped = scan(sources, cfg.frontend)
+    if not clips:
+        raise ValueError(f"no usable audio or log-mel files in {list(map(str, sources))}")
+    dataset = CropDataset(clips, cfg.frontend, cfg.crop_frames, cfg.model.num_patches, cfg.seed, cfg.cache_clips)
+    steps_per_epoch = len(clips) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(clips)} usable clips are fewer than one batch ({cfg.batch_size})")
+    data_facts = {"num_clips": len(clips), "steps_per_epoch": steps_per_epoch}
+    if state is not None and state["data"] != data_facts:
+        raise ValueError(f"the data changed since the checkpoint: {state['data']} then, {data_facts} now")
+    total = cfg.total_steps(steps_per_epoch)
+    warmup = cfg.warmup_steps(steps_per_epoch)
+    start = int(state["step"]) if state is not None else 0
+    stop = total if stop_at_step is None else min(stop_at_step, total)
+    micro = cfg.micro_batch(info.world_size)
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "train_config.json").write_text(cfg.to_json() + "\n")
+        (run_dir / "skipped_files.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
+        facts = {**data_facts, "skipped_files": len(skipped), "total_steps": total, "warmup_steps": warmup,
+                 "world_size": info.world_size, "micro_batch": micro, "device": str(dev), "resumed_at": start,
+                 "torch": torch.__version__, "python": platform.python_version()}
+        (run_dir / "run.json").write_text(json.dumps(facts, indent=2) + "\n")
+
+    model, opt = build_model(cfg, dev)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        log.info("resuming %s at step %d of %d", run_dir, start, total)
+    net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
+        if info.enabled else model
+
+    sampler = StepSampler(len(clips), cfg.batch_size, info.world_size, info.rank, cfg.accum_steps, cfg.seed,
+                          start, stop)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                        pin_memory=dev.type == "cuda", persistent_workers=False)
+    metrics = MetricsLog(run_dir, resume_step=start if state is not None else None) if info.is_main else None
+    ckpt_every = cfg.checkpoint_every or steps_per_epoch
+    log.info("%d clips, %d steps/epoch, steps %d..%d of %d (warm-up %d), global batch %d = %d process(es) x "
+             "%d micro-step(s) x %d, peak lr %.3g, device %s", len(clips), steps_per_epoch, start, stop, total,
+             warmup, cfg.batch_size, info.world_size, cfg.accum_steps, micro, cfg.peak_lr, dev)
+
+    earlier_s = float(state.get("train_seconds", 0.0)) if state is not None else 0.0  # before this call
+    can_plot = importlib.util.find_spec("matplotlib") is not None
+    if info.is_main and not can_plot:
+        log.warning("matplotlib is not installed (pip install 'hear-mwmae[train]'): no %s will be drawn", PLOT_NAME)
+    step, last_loss, plotted = start, None, time.perf_counter()
+    window_loss, window_steps, window_start = torch.zeros((), device=dev), 0, time.perf_counter()
+    batches = iter(loader)
+    model.train()
+    with tqdm(total=stop, initial=start, disable=not info.is_main, desc="pretrain", unit="step") as bar:
+        while step < stop:
+            lr = lr_at(step, cfg.peak_lr, warmup, total, cfg.min_lr)
+            window_loss += optimizer_step(cfg, model, net, opt, batches, lr, dev, info.enabled)
+            step += 1
+            window_steps += 1
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == stop:
+                last_loss = distributed.mean_across(window_loss / window_steps, info).item()
+                if not math.isfinite(last_loss):
+                    raise FloatingPointError(f"loss became {last_loss} at step {step}; lower the lr or enable grad_clip")
+                elapsed = time.perf_counter() - window_start
+                if metrics is not None:
+                    metrics.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": last_loss,
+                                   "lr": lr, "samples_per_s": round(window_steps * cfg.batch_size / elapsed, 2),
+                                   "time_s": round(earlier_s + time.perf_counter() - began, 2)})
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
+                window_loss.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+
+            if step % ckpt_every == 0 or step == stop:
+                if info.is_main:
+                    save_train_state(ckpt_path, train_config=cfg.to_dict(), step=step, model=model.state_dict(),
+                                     optimizer=opt.state_dict(), world_size=info.world_size, last_loss=last_loss,
+                                     data=data_facts, seconds=earlier_s + time.perf_counter() - began)
+                    if can_plot and (step == stop or time.perf_counter() - plotted > PLOT_INTERVAL_S):
+                        plot_loss_curve(run_dir / METRICS_NAME, run_dir / PLOT_NAME, title=f"MW-MAE {cfg.name}")
+                        plotted = time.perf_counter()
+                distributed.barrier(info)
+
+    seconds = time.perf_counter() - began
+    log.info("stopped at step %d of %d after %.1f s; last loss %s", step, total, seconds,
+             f"{last_loss:.4f}" if last_loss is not None else "n/a")
+    return TrainResult(run_dir, step, total, last_loss, seconds)
+
+
+__all__ = ["TrainResult", "build_model", "optimizer_step", "pick_device", "train"]
