@@ -22,8 +22,10 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hear_mwmae.files import sha256_file
+
 from .grids import GRIDS, get_grid
-from .store import read_json, sha256_file
+from .store import read_json
 from .tasks import TASKS, TaskDirError, check_task_dir, resolve_names
 
 log = logging.getLogger("evaluation")

@@ -1,38 +1,20 @@
-"""Small file helpers: hashing, crash-safe JSON writes, console output to a file."""
+"""Small file helpers: crash-safe JSON writes, console output to a file (hashing and atomic
+writes come from `hear_mwmae.files`)."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from hear_mwmae.files import atomic_write
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import MWMAEConfig
-from .convert import sha256_file
+from .files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +68,19 @@ def save_checkpoint(path: str | Path, config: MWMAEConfig, state_dict: dict[str,
     if not any(k.startswith(ENCODER_PREFIX) for k in state):
         raise ValueError("state_dict has no 'encoder.*' keys: pass the full MWMAE state dict")
     provenance = dict(provenance or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
 
-            meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                    "config": json.dumps(config.to_dict()), "encoder_only": json.dumps(encoder_only),
-                    "provenance": json.dumps(provenance)}
-            save_file({k: v.clone() for k, v in state.items()}, tmp, metadata=meta)
-        else:
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "config": json.dumps(config.to_dict()), "encoder_only": json.dumps(encoder_only),
+                "provenance": json.dumps(provenance)}
+        payload = save({k: v.clone() for k, v in state.items()}, metadata=meta)
+        with atomic_write(path) as fh:
+            fh.write(payload)
+    else:
+        with atomic_write(path) as fh:
             torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),
-                        "encoder_only": encoder_only, "provenance": provenance, "state_dict": state}, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+                        "encoder_only": encoder_only, "provenance": provenance, "state_dict": state}, fh)
     return path
 
 

@@ -63,14 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="our .pt/.safetensors, hf://..., or a run directory")
     p.set_defaults(func=_info)
 
-    for module in ("hear_mwmae.embed", "hear_mwmae.pretrain.cli"):
-        try:
-            register = __import__(module, fromlist=["register"]).register
-        except ModuleNotFoundError as exc:
-            if not (exc.name and module.startswith(exc.name)):  # a missing dependency is a real error
-                raise
-            continue
-        register(sub)
+    from . import embed
+    from .pretrain import cli as pretrain_cli
+
+    embed.register(sub)
+    pretrain_cli.register(sub)
     return parser
 
 

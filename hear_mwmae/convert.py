@@ -8,7 +8,6 @@ assert every shape, and load the result strictly into our model. No JAX, no Flax
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from .config import ENCODER_SIZES, MWMAEConfig, ModelConfig
+from .files import sha256_file
 
 CONVERTER_VERSION = "1"
 
@@ -246,14 +246,6 @@ class Converted:
     config: MWMAEConfig
     state_dict: dict[str, torch.Tensor]
     provenance: dict[str, Any]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_run_dir(run_dir: str | Path, checkpoint: str | Path | None = None,

@@ -32,32 +32,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, read_audio
+from .files import atomic_write
+
 log = logging.getLogger(__name__)
 
-TARGET_SR = 16000
 INDEX_NAME = "index.jsonl"
 WINDOW_FILES = 16  # decode at most this many files before embedding them ...
-WINDOW_SAMPLES = TARGET_SR * 600  # ... or about 10 min of 16 kHz audio, whichever comes first
-_EXTRA_SUFFIXES = {"aif", "aifc", "oga", "opus", "wave", "snd"}
-
-
-class AudioError(ValueError):
-    """The file was read but holds no usable audio (empty, NaN / Inf)."""
+WINDOW_SAMPLES = SAMPLE_RATE * 600  # ... or about 10 min of 16 kHz audio, whichever comes first
 
 
 @dataclass(frozen=True)
@@ -78,42 +70,9 @@ class Summary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------- audio
-def audio_suffixes() -> set[str]:
-    """Lower-case extensions (no dot) of the formats this libsndfile reads."""
-    return {name.lower() for name in sf.available_formats()} | _EXTRA_SUFFIXES
-
-
-def resample(audio: np.ndarray, sample_rate: int, target: int = TARGET_SR) -> np.ndarray:
-    """Resample along axis 0 with `resample_poly` at the exact ratio target / sample_rate.
-
-    (n, ...) -> (ceil(n * target / sample_rate), ...) float32; unchanged if the rates match.
-    """
-    if sample_rate == target:
-        return audio.astype(np.float32, copy=False)
-    g = math.gcd(int(sample_rate), target)
-    return resample_poly(audio, target // g, int(sample_rate) // g, axis=0).astype(np.float32, copy=False)
-
-
-def read_audio(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode, mix down and resample. Returns ((n,) float32 at 16 kHz, facts about the file).
-
-    Raises `AudioError` for files without usable audio; soundfile's errors for unreadable ones.
-    """
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (n, channels)
-    info = {"duration_s": round(data.shape[0] / sr, 6), "sample_rate": int(sr), "channels": int(data.shape[1])}
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError("empty audio (0 samples)")
-    if not np.isfinite(data).all():
-        raise AudioError("audio contains NaN or Inf")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    return resample(mono, sr), info
-
-
 # ----------------------------------------------------------------------------- planning
 def find_jobs(inputs: Iterable[str | Path], mode: str) -> tuple[list[Job], list[tuple[str, str]]]:
     """Expand files / folders into jobs. Returns (jobs, problems as (input, reason))."""
-    suffixes = audio_suffixes()
     jobs: list[Job] = []
     problems: list[tuple[str, str]] = []
     seen_sources: set[Path] = set()
@@ -121,7 +80,7 @@ def find_jobs(inputs: Iterable[str | Path], mode: str) -> tuple[list[Job], list[
     for item in map(Path, inputs):
         if item.is_dir():
             found = [(p, p.relative_to(item)) for p in sorted(item.rglob("*"))
-                     if p.is_file() and p.suffix[1:].lower() in suffixes
+                     if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
                      and not any(part.startswith(".") for part in p.relative_to(item).parts)]
             if not found:
                 log.warning("%s: no audio files found", item)
@@ -148,18 +107,9 @@ def find_jobs(inputs: Iterable[str | Path], mode: str) -> tuple[list[Job], list[
 
 # ----------------------------------------------------------------------------- outputs
 def atomic_save(path: Path, array: np.ndarray) -> None:
-    """`np.save` to a temporary file beside `path`, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(array))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """`np.save` so that a crash never leaves a half-written file."""
+    with atomic_write(path) as fh:
+        np.save(fh, np.ascontiguousarray(array))
 
 
 class Index:
@@ -190,10 +140,8 @@ class Index:
 
     def compact(self) -> None:
         """Rewrite the index atomically with one line per output (drops superseded lines)."""
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{INDEX_NAME}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with atomic_write(self.path, "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in self.records.values())
-        os.replace(tmp, self.path)
 
 
 # ----------------------------------------------------------------------------- embedding

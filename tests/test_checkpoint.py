@@ -11,7 +11,7 @@ import torch
 import hear_mwmae
 from hear_mwmae.checkpoint import (CheckpointError, build_encoder, build_mwmae, load_checkpoint, resolve,
                                    save_checkpoint)
-from hear_mwmae.convert import sha256_file
+from hear_mwmae.files import sha256_file
 
 from conftest import fixture_dir
 

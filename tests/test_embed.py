@@ -15,6 +15,7 @@ import torch
 
 import hear_mwmae
 from hear_mwmae import embed
+from hear_mwmae.audio import resample
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SR = 16000
@@ -78,7 +79,7 @@ def scene(runtime, audio: np.ndarray) -> np.ndarray:
 def test_resample_matches_the_analytic_sine(sr):
     n = sr + 7  # a length that does not map to a whole number of 16 kHz samples
     x = np.sin(2 * np.pi * 1000 * np.arange(n) / sr).astype(np.float32)
-    y = embed.resample(x, sr)
+    y = resample(x, sr)
     assert y.dtype == np.float32 and y.shape == (math.ceil(n * SR / sr),)
     expected = np.sin(2 * np.pi * 1000 * np.arange(y.size) / SR)
     edge = SR // 20  # the FIR filter's start-up / tail: 50 ms at each end
@@ -87,7 +88,7 @@ def test_resample_matches_the_analytic_sine(sr):
 
 def test_resample_is_identity_at_16k():
     x = noise(0.1, 0)
-    assert np.array_equal(embed.resample(x, SR), x)
+    assert np.array_equal(resample(x, SR), x)
 
 
 # ----------------------------------------------------------------------------- parity with the API
@@ -114,7 +115,7 @@ def test_scene_outputs_match_the_api_including_resampled_files(tmp_path, checkpo
     write(tmp_path / "x8.wav", at8, sr=8000)
     assert cli("--model", checkpoint, tmp_path / "x16.wav", tmp_path / "x8.wav", "--out", tmp_path / "out") == 0
     np.testing.assert_allclose(np.load(tmp_path / "out" / "x16.npy"), scene(runtime, at16), rtol=1e-4, atol=1e-5)
-    resampled = embed.resample(at8, 8000)
+    resampled = resample(at8, 8000)
     assert resampled.shape == (20000,)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "x8.npy"), scene(runtime, resampled), rtol=1e-4, atol=1e-5)
     index = read_index(tmp_path / "out")

@@ -216,12 +216,6 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
-def test_sha256_file(tmp_path):
-    path = tmp_path / "f"
-    path.write_bytes(b"abc")
-    assert store.sha256_file(path, chunk=2) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-
-
 # ---------------------------------------------------------------- synthetic tasks
 
 def test_synthetic_tasks_are_in_hears_format(synth_dir):

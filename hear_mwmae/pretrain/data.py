@@ -20,22 +20,20 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass
-from math import gcd
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 from torch.utils.data import Dataset, Sampler
 
+from ..audio import AUDIO_SUFFIXES, read_audio
 from ..config import FrontendConfig
 from ..frontend import LogMelFrontend, reflect_indices
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = frozenset("." + ext.lower() for ext in sf.available_formats()) | {".oga", ".opus", ".aif"}
 LOGMEL_SUFFIX = ".npy"
 MANIFEST_SUFFIXES = frozenset({".txt", ".csv"})
 _ORDER_STREAM = 0x5EED  # separates the epoch-permutation stream from per-sample streams
@@ -107,13 +105,8 @@ def scan(sources: Sequence[str | Path], frontend: FrontendConfig) -> tuple[list[
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Any soundfile-readable file -> mono float32 (N,) at `sample_rate` (polyphase resampling)."""
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = data.mean(axis=1)
-    if sr != sample_rate:
-        g = gcd(int(sr), int(sample_rate))
-        audio = resample_poly(audio, sample_rate // g, int(sr) // g).astype(np.float32)
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    """Any soundfile-readable file -> mono float32 (N,) at `sample_rate` (see `hear_mwmae.audio`)."""
+    return read_audio(path, sample_rate)[0]
 
 
 class CropDataset(Dataset):

@@ -12,14 +12,14 @@ saved anyway so that any other use of the global generators also continues exact
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..files import atomic_write
 
 TRAIN_FORMAT = "hear-mwmae-train"
 TRAIN_FORMAT_VERSION = 1
@@ -55,20 +55,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     A crash at any moment leaves either the old file or the new one, never a torn file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
     return path
 
 
