@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="base", help="encoder size preset (random weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-chunks-per-batch", type=int, default=None,
-                   help="chunks per encoder pass for ours (default: the runtime's, 8 on CPU / 128 on GPU)")
+                   help="chunks per encoder pass for ours (default: the runtime's, 16 on CPU / 128 on GPU)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense peak TFLOP/s for the precision used, to report the FLOP-bound fraction")
     p.add_argument("--json", type=Path, help="also write all measurements here")

@@ -26,7 +26,7 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
     options (also via heareval's `--model-options` JSON):
         device: "cpu", "cuda", "cuda:1", ... (default: cuda if available)
         precision: "fp32" (default), "bf16" or "fp16" (autocast)
-        max_chunks_per_batch: 2 s chunks per encoder pass (default 8 on CPU, 128 on GPU;
+        max_chunks_per_batch: 2 s chunks per encoder pass (default 16 on CPU, 128 on GPU;
             bounds memory)
         sha256: pin the checkpoint file's hash (checked before loading)
     """

@@ -256,7 +256,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     p.add_argument("--max-chunks-per-batch", type=int, default=None, metavar="N",
-                   help="2 s chunks per encoder pass (bounds memory; default 8 on CPU, 128 on GPU)")
+                   help="2 s chunks per encoder pass (bounds memory; default 16 on CPU, 128 on GPU)")
     p.add_argument("--overwrite", action="store_true", help="re-embed files whose outputs already exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

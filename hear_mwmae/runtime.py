@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOUD_AUDIO = 2.0  # warn when |audio| exceeds this (HEAR audio lies in [-1, 1])
 FRONTEND_SAMPLES_PER_PASS = 16_000 * 60 * 4  # the frontend sees at most ~4 min of audio at a time
-DEFAULT_CHUNKS = {"cpu": 8, "cuda": 128}  # chunks per encoder pass when not set
+DEFAULT_CHUNKS = {"cpu": 16, "cuda": 128}  # chunks per encoder pass when not set
 
 
 def step_timestamps(num_frames: int, frames_per_step: int, hop_ms: float) -> torch.Tensor:
@@ -120,7 +120,7 @@ class MWMAERuntime(nn.Module):
 
     @property
     def max_chunks_per_batch(self) -> int:
-        """Chunks per encoder pass: the option, else 8 on CPU (memory) and 128 on GPU (speed)."""
+        """Chunks per encoder pass: the option, else 16 on CPU and 128 on GPU."""
         return self.chunks_per_batch_option or DEFAULT_CHUNKS.get(self.device.type, 32)
 
     def _frontend(self, audio: torch.Tensor) -> torch.Tensor:

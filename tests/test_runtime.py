@@ -188,5 +188,5 @@ def test_long_clip_goes_through_the_frontend_in_blocks(tiny_checkpoint, monkeypa
 
 def test_default_micro_batch_follows_the_device(tiny_checkpoint):
     model = hear_mwmae.load_model(str(tiny_checkpoint), device="cpu")
-    assert model.max_chunks_per_batch == 8
+    assert model.max_chunks_per_batch == 16
     assert hear_mwmae.load_model(str(tiny_checkpoint), device="cpu", max_chunks_per_batch=3).max_chunks_per_batch == 3
