@@ -137,3 +137,20 @@ def test_cli_convert_full_and_encoder_only(run_dir, tmp_path):
 def test_cli_reports_errors_without_traceback(tmp_path, caplog):
     assert cli_main(["convert", str(tmp_path / "nope"), str(tmp_path / "x.pt")]) == 2
     assert "no such file or directory" in caplog.text
+
+
+def test_factory_named_release_run_dir_round_trips(tmp_path):
+    """A `mae_tiny` run directory in the release's format (as written by benchmarks/convert_bench.py)."""
+    from benchmarks.convert_bench import write_release_run_dir
+    from hear_mwmae.config import model_config
+    from hear_mwmae.model import MWMAE
+
+    n_params = write_release_run_dir(tmp_path / "run", "tiny", seed=3)
+    converted = convert_run_dir(tmp_path / "run")
+    assert converted.config.model == model_config("tiny")  # 192-d, 12 blocks, released decoder
+    assert converted.provenance["step"] == 1000 and converted.provenance["source_file"] == "checkpoint_1000"
+    torch.manual_seed(3)
+    original = MWMAE(model_config("tiny")).state_dict()
+    assert sum(v.numel() for v in converted.state_dict.values()) == n_params
+    for key, value in original.items():
+        assert torch.equal(converted.state_dict[key], value), key
