@@ -59,6 +59,12 @@ def chunk_index(num_frames: int, chunk_frames: int) -> torch.Tensor:
     return reflect_indices(num_frames, 0, chunks * chunk_frames - num_frames)
 
 
+def _cpu_has_bf16_units() -> bool:
+    """Whether oneDNN finds native bf16 matrix support (AVX-512-BF16 / AMX) on this CPU."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else True  # unknown: do not warn
+
+
 def validate_audio(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Check HEAR input: (n_sounds, n_samples) floating, finite, non-empty. Returns a tensor."""
     if isinstance(audio, np.ndarray):
@@ -105,7 +111,7 @@ class MWMAERuntime(nn.Module):
         self.timestamp_embedding_size = int(config.model.embedding_size)
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.to(device)
-        if device.type == "cpu" and precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if device.type == "cpu" and precision == "bf16" and not _cpu_has_bf16_units():
             warnings.warn("this CPU has no native bfloat16 matrix units (AVX-512-BF16 / AMX): bf16 will be "
                           "slower than fp32 here", stacklevel=2)
 
