@@ -47,6 +47,3 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.nda
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     return np.ascontiguousarray(resample(mono, sr, sample_rate)), info
 
-
-def is_audio_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES

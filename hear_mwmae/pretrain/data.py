@@ -35,6 +35,7 @@ from ..frontend import LogMelFrontend, reflect_indices
 log = logging.getLogger(__name__)
 
 LOGMEL_SUFFIX = ".npy"
+DATA_SUFFIXES = AUDIO_SUFFIXES | {LOGMEL_SUFFIX}  # what a data folder is searched for
 MANIFEST_SUFFIXES = frozenset({".txt", ".csv"})
 _ORDER_STREAM = 0x5EED  # separates the epoch-permutation stream from per-sample streams
 
@@ -64,7 +65,7 @@ def find_files(sources: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
-            found += [p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES | {LOGMEL_SUFFIX}]
+            found += [p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES]
         elif source.suffix.lower() in MANIFEST_SUFFIXES and source.is_file():
             found += _read_manifest(source)
         elif source.exists():
