@@ -1,79 +1,180 @@
-"""Print the measured max-abs errors against the authors' golden outputs, per fixture.
+"""Print the measured max-abs errors against the authors' golden outputs, per fixture, for both
+model families, from the golden data vendored in tests/golden (runs from a clone).
 
-The tests (tests/test_parity.py) assert the tolerances; this prints the actual numbers.
+The tests (tests/test_parity.py, tests/test_audiomae_parity.py) assert the tolerances; this
+prints the actual numbers. Every conversion goes through `convert_source`, as the CLI's.
 
-    python benchmarks/parity_report.py [--fixtures ../shared/fixtures]
+    python benchmarks/parity_report.py [--family all|mwmae|audiomae]
+
+The golden reader (tests/golden/__init__.py) is loaded from its file, not imported as
+`tests.golden`: the HEAR toolchain's dcase_util installs a top-level `tests` package that
+would shadow ours.
+
+MW-MAE columns: log-mel (normalised, from audio), encoder features of each clip's unpadded first
+chunk from the release's log-mel, timestamp / scene embeddings from audio (public runtime),
+decoder latent / prediction / relative loss for the stored masks (SDPA / reference attention).
+Audio-MAE columns: fbank from audio (normalised units, padded model input), encoder tokens from
+the stored fbank, decoder latent / prediction (every 4th patch, as vendored) / relative loss
+for the random and (audiomae_tiny) 2-D masks, HEAR timestamp / scene embeddings from audio
+(`load_model` of the converted file), and whether the timestamps are exactly the reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hear_mwmae.convert import convert_run_dir
-from hear_mwmae.frontend import LogMelFrontend
+import hear_mwmae
+from hear_mwmae.checkpoint import save_checkpoint
+from hear_mwmae.convert import convert_source
+from hear_mwmae.config import FbankConfig
+from hear_mwmae.frontend import KaldiFbankFrontend, LogMelFrontend, kaldi_mel_banks
 from hear_mwmae.model import MWMAE, set_fused_attention
-from hear_mwmae.runtime import MWMAERuntime
 
-WAVES = ["wav0_chirp_noise_2s", "wav1_tones_noise_3p37s", "wav2_clicks_0p5s", "wav3_edge_200frames_1p99s"]
-FIXTURES = ["mwmae_tiny", "mae_cls_tiny", "mwmae_shift_tiny"]
+def _load_golden():
+    folder = Path(__file__).resolve().parents[1] / "tests" / "golden"
+    spec = importlib.util.spec_from_file_location("golden", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["golden"] = module  # a package: its own relative imports resolve
+    spec.loader.exec_module(module)
+    return module
+
+
+golden = _load_golden()
+AUDIOMAE_FIXTURES, FLAX_FIXTURES = golden.AUDIOMAE_FIXTURES, golden.FLAX_FIXTURES
+array, keys, write_checkpoint = golden.array, golden.keys, golden.write_checkpoint
+
+MW_WAVES = ["wav1_tones_noise_3p37s", "wav3_edge_200frames_1p99s"]
+AM_WAVE = "wav0_chirp_noise_2s"  # the clip every Audio-MAE fixture has tokens for
+AM_FBANK_WAVES = ["wav0_chirp_noise_2s", "wav3_clicks_0p5s"]
 
 
 def err(a: torch.Tensor, ref: np.ndarray) -> float:
-    return float(np.abs(a.detach().numpy() - ref).max())
+    return float(np.abs(a.detach().cpu().numpy() - np.asarray(ref)).max())
+
+
+def pair(values: list[float]) -> str:
+    return " / ".join(f"{v:.1e}" for v in values)
+
+
+def _convert(name: str, folder: Path):
+    start = time.perf_counter()
+    c = convert_source(write_checkpoint(name, folder / name))
+    seconds = time.perf_counter() - start
+    model = MWMAE(c.config.model).eval()
+    model.load_state_dict(c.state_dict, strict=True)
+    return c, model, seconds
+
+
+def _both_paths(model: MWMAE, fn) -> list[tuple[float, ...]]:
+    out = []
+    for fused in (True, False):
+        set_fused_attention(model, fused)
+        out.append(fn())
+    set_fused_attention(model, True)
+    return out
+
+
+def _decoder(model: MWMAE, name: str, x: torch.Tensor, kind: str, pred_key: str, every: int) -> tuple[float, ...]:
+    keep = torch.from_numpy(array(name, f"{kind}_ids_keep")).long()
+    restore = torch.from_numpy(array(name, f"{kind}_ids_restore")).long()
+    out = model(x, keep, restore)
+    ref_loss = float(array(name, f"{kind}_loss"))
+    return (err(model.encoder.forward_masked(x, keep), array(name, f"{kind}_latent")),
+            err(out.pred[:, ::every], array(name, pred_key)), abs(out.loss.item() - ref_loss) / abs(ref_loss))
 
 
 @torch.no_grad()
-def report(folder: Path) -> str:
-    frontend = LogMelFrontend()
-    rows = ["| fixture | params | log-mel | features | timestamp emb | scene emb | latent sdpa/ref "
+def mwmae_rows(folder: Path) -> list[str]:
+    rows = ["| MW-MAE fixture | params | log-mel | features | timestamp emb | scene emb | latent sdpa/ref "
             "| pred sdpa/ref | loss rel sdpa/ref | convert s |", "|" + "---|" * 10]
-    for name in FIXTURES:
-        f = folder / name
-        start = time.perf_counter()
-        c = convert_run_dir(f / "ckpt")
-        seconds = time.perf_counter() - start
-        model = MWMAE(c.config.model).eval()
-        model.load_state_dict(c.state_dict)
-        runtime = MWMAERuntime(model.encoder, c.config, device="cpu")
+    frontend = LogMelFrontend()
+    x = torch.from_numpy(array("inputs", "decoder_input_x"))[..., 0]
+    for name in FLAX_FIXTURES:
+        c, model, seconds = _convert(name, folder)
+        runtime = hear_mwmae.load_model(str(save_checkpoint(folder / f"{name}.pt", c.config, c.state_dict,
+                                                            encoder_only=True)), device="cpu")
         logmel = feats = stamps = scene = 0.0
-        for wave in WAVES:
-            audio = torch.from_numpy(np.load(f / f"{wave}.npy"))[None]
-            ref_mel = np.load(f / f"{wave}.logmel_norm.npy")[..., 0]
-            ref_emb = np.load(f / f"{wave}.timestamp_embeddings.npy")
+        for wave in MW_WAVES:
+            audio = torch.from_numpy(array("inputs", wave))[None]
+            ref_mel = array("mwmae_tiny", f"{wave}.logmel_norm")[..., 0]
+            ref_emb = array(name, f"{wave}.timestamp_embeddings")
             logmel = max(logmel, err(frontend(audio), ref_mel))
-            if ref_mel.shape[1] >= 200:  # the first chunk has no padding: compare the model alone
+            if ref_mel.shape[1] >= 200:  # the first chunk has no padding: the model alone
                 feats = max(feats, err(model.encoder.forward_features(torch.from_numpy(ref_mel[:, :200])),
                                        ref_emb[:, :50]))
-            stamps = max(stamps, err(runtime.embed(audio)[0], ref_emb))
-            scene = max(scene, err(runtime.embed(audio, scene_only=True)[0],
-                                   np.load(f / f"{wave}.scene_embeddings.npy")))
-        x = torch.from_numpy(np.load(f / "decoder_input_x.npy"))[..., 0]
-        keep = torch.from_numpy(np.load(f / "decoder_ids_keep.npy")).long()
-        restore = torch.from_numpy(np.load(f / "decoder_ids_restore.npy")).long()
-        ref_loss = float(np.load(f / "decoder_loss.npy"))
-        paths = []
-        for fused in (True, False):
-            set_fused_attention(model, fused)
-            out = model(x, keep, restore)
-            paths.append((err(model.encoder.forward_masked(x, keep), np.load(f / "decoder_latent.npy")),
-                          err(out.pred, np.load(f / "decoder_pred.npy")), abs(out.loss.item() - ref_loss) / ref_loss))
+            stamps = max(stamps, err(hear_mwmae.get_timestamp_embeddings(audio, runtime)[0], ref_emb))
+            scene = max(scene, err(hear_mwmae.get_scene_embeddings(audio, runtime),
+                                   array(name, f"{wave}.scene_embeddings")))
+        paths = _both_paths(model, lambda: _decoder(model, name, x, "decoder", "decoder_pred", 1))
         n = sum(v.numel() for v in c.state_dict.values())
-        pair = [f"{paths[0][i]:.1e} / {paths[1][i]:.1e}" for i in range(3)]
         rows.append(f"| {name} | {n:,} | {logmel:.1e} | {feats:.1e} | {stamps:.1e} | {scene:.1e} | "
-                    f"{' | '.join(pair)} | {seconds:.2f} |")
-    return "\n".join(rows)
+                    + " | ".join(pair([p[i] for p in paths]) for i in range(3)) + f" | {seconds:.2f} |")
+    return rows
+
+
+@torch.no_grad()
+def audiomae_rows(folder: Path) -> list[str]:
+    rows = ["| Audio-MAE fixture | params | fbank | tokens sdpa/ref | latent sdpa/ref | pred sdpa/ref "
+            "| loss rel sdpa/ref | 2-D latent / pred / loss rel (sdpa) | HEAR timestamp emb | scene emb "
+            "| timestamps exact | convert s |", "|" + "---|" * 12]
+    frontend = KaldiFbankFrontend()
+    x = torch.cat([torch.from_numpy(array("inputs", f"{w}.fbank_norm"))
+                   for w in (AM_WAVE, "wav1_tones_dc_10p24s")])  # the decoder references' input
+    for name in AUDIOMAE_FIXTURES:
+        c, model, seconds = _convert(name, folder)
+        fbank = 0.0
+        for wave in AM_FBANK_WAVES:
+            audio = torch.from_numpy(array("inputs", wave))[None]
+            fbank = max(fbank, err(frontend.pad_frames(frontend(audio), 1024),
+                                   array("audiomae_tiny", f"{wave}.fbank_norm")))
+        chunk = torch.from_numpy(array("inputs", f"{AM_WAVE}.fbank_norm"))
+        tokens = _both_paths(model, lambda: (err(model.encoder.forward_masked(chunk, torch.arange(512)[None]),
+                                                 array(name, f"{AM_WAVE}.encoder_tokens")),))
+        random = _both_paths(model, lambda: _decoder(model, name, x, "decoder", "decoder_pred_every4", 4))
+        two_d = "–"
+        if "decoder2d_loss" in keys(name):
+            model2d = MWMAE(dataclasses.replace(c.config.model, mask_2d=True)).eval()
+            model2d.load_state_dict(c.state_dict)
+            two_d = pair(list(_decoder(model2d, name, x, "decoder2d", "decoder2d_pred_every4", 4)))
+        runtime = hear_mwmae.load_model(str(save_checkpoint(folder / f"{name}.pt", c.config, c.state_dict,
+                                                            encoder_only=True)), device="cpu")
+        stamps = scene = 0.0
+        exact = True
+        for wave in sorted({k.split(".")[0] for k in keys(name) if k.endswith(".hear_timestamps")}):
+            audio = torch.from_numpy(array("inputs", wave))[None]
+            emb, ts = hear_mwmae.get_timestamp_embeddings(audio, runtime)
+            stamps = max(stamps, err(emb, array(name, f"{wave}.hear_timestamp_embeddings")))
+            scene = max(scene, err(hear_mwmae.get_scene_embeddings(audio, runtime),
+                                   array(name, f"{wave}.hear_scene_embeddings")))
+            exact &= bool(np.array_equal(ts.numpy(), array(name, f"{wave}.hear_timestamps")))
+        n = sum(v.numel() for v in c.state_dict.values())
+        rows.append(f"| {name} | {n:,} | {fbank:.1e} | {pair([t[0] for t in tokens])} | "
+                    + " | ".join(pair([p[i] for p in random]) for i in range(3))
+                    + f" | {two_d} | {stamps:.1e} | {scene:.1e} | {'yes' if exact else 'NO'} | {seconds:.2f} |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fixtures", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "fixtures")
+    p.add_argument("--family", choices=["all", "mwmae", "audiomae"], default="all")
     args = p.parse_args(argv)
-    print(report(args.fixtures))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.family in ("all", "mwmae"):
+            print("\n".join(mwmae_rows(Path(tmp))) + "\n")
+        if args.family in ("all", "audiomae"):
+            print("\n".join(audiomae_rows(Path(tmp))))
+            banks = err(kaldi_mel_banks(FbankConfig()).t(), array("audiomae_tiny", "fbank_mel_banks"))
+            print(f"\nKaldi mel filterbank vs the fixture's (torchaudio, float32): {banks:.1e}")
     return 0
 
 

@@ -1,23 +1,38 @@
-"""Throughput and memory of `MWMAERuntime.embed` against the release's per-chunk loop.
+"""Throughput, GEMM ceiling, fidelity and memory of `MWMAERuntime.embed`, configurations side by side.
 
-Strategies (same encoder weights, same frontend):
-  loop  the release's `RuntimeMAE.encode`: reflect-pad the log-mel by `200 - T % 200` frames
-        (a whole extra chunk when T % 200 == 0), run each 200-frame chunk of all clips
+Configurations are `<strategy>-<precision>[-compile | -unfused]`:
+  loop  the MW-MAE release's `RuntimeMAE.encode`: reflect-pad the log-mel by `200 - T % 200`
+        frames (a whole extra chunk when T % 200 == 0), run each 200-frame chunk of all clips
         through the encoder in its own call (batch = number of clips), copy every output to
-        numpy and back (the release's host round trip), concatenate and trim.
-  ours  `MWMAERuntime.embed`: all chunks of all clips batched, `max_chunks_per_batch` at a time.
-Configurations are `<strategy>-<precision>`, e.g. loop-fp32, ours-fp32, ours-bf16.
+        numpy and back, concatenate and trim (MW-MAE only).
+  ours  `MWMAERuntime.embed`: all chunks of all clips batched, `max_chunks_per_batch` at a time;
+        precision fp32 / bf16 / fp16 (autocast) / int8 (CPU: `hear_mwmae.quantize`);
+        `-compile`: the runtime's `compile=True` (torch.compile; compile time not counted);
+        `-unfused`: fp32 CPU without the oneDNN bias / GELU fusion (`hear_mwmae.cpu_fused`).
+  ort   `ours` with the encoder exported to ONNX and run by ONNX Runtime (fp32, or int8 by
+        its dynamic quantisation; export time not counted); frontend in torch. CPU only.
+e.g. loop-fp32, ours-fp32, ours-int8, ours-fp32-compile, ours-fp32-unfused, ort-fp32, ort-int8.
+A `family:` prefix runs a configuration on the other model family in the same invocation
+(`audiomae:ours-fp32` beside `ours-fp32` with the default `--family mwmae`); each family's
+`ours-fp32` is its reference.
 
 Every (workload, configuration) runs in a fresh subprocess, so peak memory is per
-configuration: on CPU the peak RSS (`ru_maxrss`) minus the RSS just before the timed runs
-(model and input already built), on CUDA `torch.cuda.max_memory_allocated` minus the memory
-allocated before. Throughput is audio seconds per wall second, the best of up to --repeats
-timed runs (after a one-chunk warm-up); repeating stops once a configuration has spent
---repeat-budget-s seconds, so slow configurations run once. Weights are random (seeded),
-the size is `base` by default.
+configuration: on CPU the peak RSS (`ru_maxrss`) minus the RSS just before the timed runs,
+on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before. With
+`--rounds R` the whole list runs R times, configurations interleaved, and each
+configuration's best run over all rounds counts: on a shared machine, compare only numbers
+from one invocation. Throughput is audio seconds per wall second. In the same subprocess,
+before and after the timed runs, the worker times the plain matrix product of ViT's MLP
+(M x D -> 4D and back, M = tokens of one micro-batch; in the run's precision: float
+`F.linear` and, fp32 on CPU, also oneDNN's fused linear; int8 `Int8Linear`) and reports the
+best as the GEMM ceiling beside the encoder's
+GFLOP/s. Embeddings of every configuration are compared with `ours-fp32` on the same clips:
+relative error ||x - ref|| / ||ref||, max |x - ref| / max |ref| and the worst per-step
+cosine. Weights are random (seeded), `--size base` and `--family mwmae` by default.
 
-    PYTHONPATH=. nice python benchmarks/runtime_bench.py --workloads 16x2s,8x10s,60s
-    PYTHONPATH=. python benchmarks/runtime_bench.py --device cuda --peak-tflops 989 --quick
+    PYTHONPATH=. nice python benchmarks/runtime_bench.py --workloads 8x10s,60s --configs ours-fp32,ours-int8 --rounds 3
+    PYTHONPATH=. nice python benchmarks/runtime_bench.py --family audiomae --workloads 8x10s,60s --configs ours-fp32
+    PYTHONPATH=. python benchmarks/runtime_bench.py --device cuda --configs ours-fp32,ours-bf16 --workloads 64x10s
 """
 
 from __future__ import annotations
@@ -35,15 +50,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from hear_mwmae.config import MWMAEConfig, ModelConfig, model_config
-from hear_mwmae.frontend import reflect_indices
+from hear_mwmae.config import FbankConfig, FrontendConfig, MWMAEConfig, ModelConfig, audiomae_config, model_config
+from hear_mwmae.frontend import build_frontend, reflect_indices
 from hear_mwmae.model import MWMAE
-from hear_mwmae.runtime import PRECISIONS, MWMAERuntime
+from hear_mwmae.runtime import AUTOCAST, PRECISIONS, MWMAERuntime
 
 log = logging.getLogger("runtime_bench")
 
@@ -51,21 +67,87 @@ SR = 16000
 WORKLOADS: dict[str, tuple[int, float]] = {  # name -> (clips, seconds per clip)
     "16x2s": (16, 2.0), "8x10s": (8, 10.0), "60s": (1, 60.0), "20min": (1, 1200.0),
     # 31840 samples = exactly 200 frames: the release adds a padding-only chunk, ours does not
-    "16x1.99s": (16, 1.99)}
-CONFIGS = ("loop-fp32", "ours-fp32", "ours-bf16")
+    "16x1.99s": (16, 1.99),
+    "64x10s": (64, 10.0), "512x2s": (512, 2.0),  # GPU sizes
+    "2x2s": (2, 2.0), "1x3s": (1, 3.0)}  # smoke tests
+CONFIGS = ("loop-fp32", "ours-fp32", "ours-bf16", "ours-int8")
+STRATEGIES = ("loop", "ours", "ort")
+FAMILIES = ("mwmae", "audiomae")
 
 
-# ----------------------------------------------------------------------------- the two strategies
+# ----------------------------------------------------------------------------- configurations
+def split_family(name: str, default: str) -> tuple[str, str]:
+    """'audiomae:ours-fp32' -> ('audiomae', 'ours-fp32'); 'ours-fp32' -> (default, 'ours-fp32')."""
+    family, sep, config = name.rpartition(":")
+    if sep and family not in FAMILIES:
+        raise ValueError(f"configuration {name!r}: family must be one of {FAMILIES}")
+    return (family if sep else default), config
+
+
+def reference_of(name: str) -> str:
+    """The configuration `name` is compared with: ours-fp32 of the same family prefix."""
+    prefix, sep, _ = name.rpartition(":")
+    return f"{prefix}:ours-fp32" if sep else "ours-fp32"
+
+
+def parse_config(name: str) -> tuple[str, str, str]:
+    """'ours-int8' -> ('ours', 'int8', ''); 'ours-fp32-compile' -> ('ours', 'fp32', 'compile')."""
+    parts = name.split("-")
+    variant = parts[2] if len(parts) == 3 else ""
+    if len(parts) not in (2, 3) or variant not in ("", "compile", "unfused"):
+        raise ValueError(f"configuration {name!r} is not <strategy>-<precision>[-compile | -unfused]")
+    strategy, precision = parts[:2]
+    if strategy not in STRATEGIES or precision not in PRECISIONS:
+        raise ValueError(f"configuration {name!r}: strategy in {STRATEGIES}, precision in {list(PRECISIONS)}")
+    if strategy == "ort" and precision not in ("fp32", "int8"):
+        raise ValueError(f"configuration {name!r}: ONNX Runtime runs fp32 or int8")
+    if variant and strategy != "ours":
+        raise ValueError(f"configuration {name!r}: only 'ours' takes -{variant}")
+    if variant == "unfused" and precision != "fp32":
+        raise ValueError(f"configuration {name!r}: the fusion applies to fp32 only")
+    return strategy, precision, variant
+
+
+def bench_config(family: str, size: str) -> MWMAEConfig:
+    """The config of a randomly initialised model of `family` ('mwmae' / 'audiomae') and `size`."""
+    if family == "audiomae":
+        return MWMAEConfig(model=audiomae_config(size), frontend=FbankConfig())
+    if family == "mwmae":
+        return MWMAEConfig(model=model_config(size), frontend=FrontendConfig())
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+def random_encoder(cfg: MWMAEConfig, seed: int) -> torch.nn.Module:
+    """The encoder of a freshly initialised model (xavier, sin-cos positions), seeded."""
+    torch.manual_seed(seed)
+    return MWMAE(cfg.model).encoder
+
+
+def chunk_flops(cfg: ModelConfig) -> float:
+    """Multiply-adds x 2 of one encoder pass over one chunk (~44.8 GFLOP for MW-MAE base)."""
+    d, n, hidden = cfg.embed_dim, cfg.num_patches + int(cfg.use_cls_token), int(cfg.embed_dim * cfg.mlp_ratio)
+    per_block = 2 * n * (4 * d * d + 2 * d * hidden) + 4 * n * n * d  # qkv+proj, mlp, q@k and attn@v
+    return cfg.depth * per_block + 2 * cfg.num_patches * d * cfg.patch_dim
+
+
+def chunks_run(strategy: str, clips: int, seconds: float, cfg: MWMAEConfig) -> int:
+    """Encoder chunks a strategy computes for a workload."""
+    frames, unit = build_frontend(cfg.frontend).num_frames(int(seconds * SR)), cfg.chunk_frames
+    per_clip = frames // unit + 1 if strategy == "loop" else math.ceil(frames / unit)
+    return clips * per_clip
+
+
+# ----------------------------------------------------------------------------- the release's loop
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
+    if precision not in AUTOCAST:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+    return torch.autocast(device.type, dtype=AUTOCAST[precision])
 
 
 @torch.inference_mode()
 def release_loop(rt: MWMAERuntime, audio: torch.Tensor, precision: str) -> torch.Tensor:
-    """The release's encode loop. audio (B, N) -> (B, steps, D) float32 on the device."""
-    device, unit = rt.device, rt.config.model.img_size[0]
+    """The MW-MAE release's encode loop. audio (B, N) -> (B, steps, D) float32 on the device."""
+    device, unit = rt.device, rt.config.chunk_frames
     mel = rt.frontend(audio.to(device))  # (B, T, F)
     frames = mel.shape[1]
     pad = unit - frames % unit  # never 0: a full extra chunk when frames % unit == 0
@@ -80,18 +162,99 @@ def release_loop(rt: MWMAERuntime, audio: torch.Tensor, precision: str) -> torch
     return emb[:, :emb.shape[1] - drop]
 
 
-def chunks_run(strategy: str, clips: int, seconds: float, cfg: MWMAEConfig) -> int:
-    """Encoder chunks each strategy computes for a workload."""
-    frames, unit = 1 + int(seconds * SR) // cfg.frontend.hop_length, cfg.model.img_size[0]
-    per_clip = frames // unit + 1 if strategy == "loop" else math.ceil(frames / unit)
-    return clips * per_clip
+# ----------------------------------------------------------------------------- measurements
+def make_audio(clips: int, seconds: float, seed: int) -> torch.Tensor:
+    """(clips, n) float32: a tone per clip plus noise, reproducible."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * SR)
+    t = torch.arange(n, dtype=torch.float32) / SR
+    freq = 100 + 900 * torch.rand(clips, 1, generator=g)
+    return 0.3 * torch.sin(2 * math.pi * freq * t) + 0.05 * torch.randn(clips, n, generator=g)
 
 
-def chunk_flops(cfg: ModelConfig) -> float:
-    """Multiply-adds x 2 of one encoder pass over one chunk (~44.8 GFLOP for base)."""
-    d, n, hidden = cfg.embed_dim, cfg.num_patches + int(cfg.use_cls_token), int(cfg.embed_dim * cfg.mlp_ratio)
-    per_block = 2 * n * (4 * d * d + 2 * d * hidden) + 4 * n * n * d  # qkv+proj, mlp, q@k and attn@v
-    return cfg.depth * per_block + 2 * cfg.num_patches * d * cfg.patch_dim
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_runs(fn: Callable[[], Any], device: torch.device, repeats: int, budget_s: float,
+               label: str = "") -> tuple[list[float], Any]:
+    """Up to `repeats` timed calls, stopping once they took `budget_s` in total. Returns (times, last output)."""
+    times: list[float] = []
+    out = None
+    while len(times) < repeats and (not times or sum(times) < budget_s):
+        out = None  # free the previous output before the next run
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+        if label:
+            log.info("%s: %.3f s", label, times[-1])
+    return times, out
+
+
+def gemm_gflops(device: torch.device, precision: str, m: int, dim: int, hidden: int, repeats: int = 3) -> float:
+    """Best GFLOP/s (2 x multiply-adds) of the MLP's two products (m, dim) -> (m, hidden) -> (m, dim)
+    with bias, in `precision` (fp32 / bf16 / fp16: F.linear in that dtype; int8: `Int8Linear`)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(m, dim, generator=g)
+    h = torch.randn(m, hidden, generator=g)
+    layers = [torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)]
+    if precision == "int8":
+        from hear_mwmae.quantize import Int8Linear, pick_engine, reduce_range_for
+
+        engine = pick_engine()
+        kinds = [[Int8Linear(layer, engine, reduce_range_for(engine)) for layer in layers]]
+    else:
+        dtype = PRECISIONS[precision]
+        x, h = x.to(device, dtype), h.to(device, dtype)
+        kinds = [[layer.to(device, dtype) for layer in layers]]
+        from hear_mwmae import cpu_fused
+
+        if precision == "fp32" and device.type == "cpu" and cpu_fused.available():
+            kinds.append([cpu_fused.FusedLinear(layer) for layer in layers])
+    best = math.inf
+    with torch.inference_mode():
+        for fns in kinds:
+            for fn, inp in zip(fns, (x, h)):  # warm-up (packing, kernel selection)
+                fn(inp)
+        for _ in range(repeats):
+            for fns in kinds:
+                sync(device)
+                start = time.perf_counter()
+                fns[0](x)
+                fns[1](h)
+                sync(device)
+                best = min(best, time.perf_counter() - start)
+    return 2 * 2 * m * dim * hidden / best / 1e9
+
+
+def compare(x: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Fidelity of embeddings x (..., D) to ref: relative L2 error, max |x - ref| / max |ref|,
+    and the worst cosine over steps (rows of the last axis), all in float64."""
+    a = torch.as_tensor(x).double().reshape(-1, ref.shape[-1])
+    b = torch.as_tensor(ref).double().reshape(a.shape)
+    cos = F.cosine_similarity(a, b, dim=-1, eps=1e-30)
+    return {"rel_err": float((a - b).norm() / b.norm()), "rel_max_abs": float((a - b).abs().max() / b.abs().max()),
+            "worst_cos": float(cos.min())}
+
+
+def build_runtime(cfg: MWMAEConfig, seed: int, device: torch.device, precision: str, compiled: bool = False,
+                  max_chunks_per_batch: int | None = None, fuse: bool | None = None) -> MWMAERuntime:
+    """A runtime of the seeded random encoder (the same weights for every precision)."""
+    return MWMAERuntime(random_encoder(cfg, seed), cfg, device=device, precision=precision,
+                        max_chunks_per_batch=max_chunks_per_batch, compile=compiled, fuse=fuse)
+
+
+def attach_onnx(rt: MWMAERuntime, cfg: MWMAEConfig, seed: int, precision: str, folder: Path, threads: int) -> None:
+    """Export the seeded encoder to ONNX in `folder` (once per family/size/precision) and run `rt` through it."""
+    from hear_mwmae.onnx_export import export_encoder, runtime_with_onnx
+
+    path = folder / f"encoder-{cfg.family}-{cfg.model.embed_dim}-{cfg.model.depth}-{seed}-{precision}.onnx"
+    if not path.exists():
+        export_encoder(random_encoder(cfg, seed).eval(), cfg, path, int8=precision == "int8")
+    runtime_with_onnx(rt, path, threads=threads)
 
 
 # ----------------------------------------------------------------------------- worker (one subprocess)
@@ -105,53 +268,50 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def make_audio(clips: int, seconds: float, seed: int) -> torch.Tensor:
-    """(clips, n) float32: a tone per clip plus noise, reproducible."""
-    g = torch.Generator().manual_seed(seed)
-    n = int(seconds * SR)
-    t = torch.arange(n, dtype=torch.float32) / SR
-    freq = 100 + 900 * torch.rand(clips, 1, generator=g)
-    return 0.3 * torch.sin(2 * math.pi * freq * t) + 0.05 * torch.randn(clips, n, generator=g)
-
-
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Time one configuration on one workload; returns the measurements."""
-    strategy, precision = args.config.split("-")
+    strategy, precision, variant = parse_config(args.config)
+    compiled = variant == "compile"
     clips, seconds = WORKLOADS[args.workload]
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    cfg = MWMAEConfig(model=model_config(args.size))
-    encoder = MWMAE(cfg.model).encoder  # realistic random init (xavier, sin-cos positions)
-    rt = MWMAERuntime(encoder, cfg, device=device, precision=precision if strategy == "ours" else "fp32",
-                      max_chunks_per_batch=args.max_chunks_per_batch)
+    cfg = bench_config(args.family, args.size)
+    began = time.perf_counter()
+    rt = build_runtime(cfg, args.seed, device, "fp32" if strategy != "ours" else precision, compiled,
+                       args.max_chunks_per_batch, fuse=False if variant == "unfused" else None)
+    if strategy == "ort":
+        attach_onnx(rt, cfg, args.seed, precision, args.onnx_dir, args.threads)
+    setup_s = time.perf_counter() - began
     audio = make_audio(clips, seconds, args.seed)
 
     def once(x: torch.Tensor) -> torch.Tensor:
-        out = release_loop(rt, x, precision) if strategy == "loop" else rt.embed(x)[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return out
+        return release_loop(rt, x, precision) if strategy == "loop" else rt.embed(x)[0]
 
-    once(audio[:1, :SR])  # warm-up: one chunk
+    began = time.perf_counter()
+    once(audio if compiled else audio[:1, :SR])  # warm-up: compiles every shape a compiled run meets
+    sync(device)
+    warmup_s = time.perf_counter() - began
+    chunks = chunks_run(strategy, clips, seconds, cfg)
+    per_pass = min(chunks, rt.max_chunks_per_batch) if strategy != "loop" else clips
+    tokens = cfg.model.num_patches + int(cfg.model.use_cls_token)
+    gemm_precision = "fp32" if strategy == "ort" and precision == "fp32" else precision
+    hidden = int(cfg.model.embed_dim * cfg.model.mlp_ratio)
+    gemm = [gemm_gflops(device, gemm_precision, per_pass * tokens, cfg.model.embed_dim, hidden)]
     gc.collect()
     rss0, maxrss0 = _rss_bytes(), _maxrss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         cuda0 = torch.cuda.memory_allocated(device)
-    times: list[float] = []
-    while len(times) < args.repeats and (not times or sum(times) < args.repeat_budget_s):
-        out = None  # free the previous output before the next run
-        start = time.perf_counter()
-        out = once(audio)
-        times.append(time.perf_counter() - start)
-        log.info("%s %s: %.2f s", args.workload, args.config, times[-1])
+    times, out = timed_runs(lambda: once(audio), device, args.repeats, args.repeat_budget_s,
+                            f"{args.workload} {args.config}")
     maxrss = _maxrss_bytes()
     result = {
-        "workload": args.workload, "config": args.config, "device": str(device), "threads": torch.get_num_threads(),
-        "audio_s": clips * seconds, "times_s": times, "best_s": min(times),
-        "chunks": chunks_run(strategy, clips, seconds, cfg), "chunk_gflop": chunk_flops(cfg.model) / 1e9,
+        "workload": args.workload, "config": args.config, "family": args.family, "size": args.size,
+        "device": str(device), "threads": torch.get_num_threads(), "audio_s": clips * seconds, "times_s": times,
+        "best_s": min(times), "chunks": chunks, "chunk_gflop": chunk_flops(cfg.model) / 1e9,
+        "max_chunks_per_batch": rt.max_chunks_per_batch, "chunks_per_pass": per_pass,
+        "setup_s": setup_s, "warmup_s": warmup_s,
         "peak_rss_mb": maxrss / 2**20, "rss_delta_mb": (maxrss - rss0) / 2**20,
         "rss_delta_is_upper_bound": maxrss == maxrss0,  # the run never exceeded the set-up's peak
         "output_shape": list(out.shape),
@@ -159,12 +319,87 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         result["cuda_peak_mb"] = (torch.cuda.max_memory_allocated(device) - cuda0) / 2**20
         result["gpu"] = torch.cuda.get_device_name(device)
+    gemm.append(gemm_gflops(device, gemm_precision, per_pass * tokens, cfg.model.embed_dim, hidden))
+    result["gemm_gflops"] = max(gemm)
+    result["gemm_shape"] = [per_pass * tokens, cfg.model.embed_dim, hidden]
     if args.save_output:
         np.save(args.save_output, out.cpu().numpy())
     return result
 
 
 # ----------------------------------------------------------------------------- driver
+def interleaved(args: argparse.Namespace, workloads: list[str], labels: list[str]
+                ) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], dict[str, float]]]:
+    """All configurations in this one process, their timed runs alternating (c1, c2, ..., c1, c2, ...),
+    and the GEMM ceilings timed between them: the fairest comparison on a shared machine.
+    No memory figures (the processes' peaks would mix)."""
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    onnx_dir = Path(tempfile.mkdtemp(prefix="runtime_bench_onnx_"))
+    setups: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        family, config = split_family(label, args.family)
+        strategy, precision, variant = parse_config(config)
+        cfg = bench_config(family, args.size)
+        began = time.perf_counter()
+        rt = build_runtime(cfg, args.seed, device, "fp32" if strategy != "ours" else precision,
+                           variant == "compile", args.max_chunks_per_batch,
+                           fuse=False if variant == "unfused" else None)
+        if strategy == "ort":
+            attach_onnx(rt, cfg, args.seed, precision, onnx_dir, args.threads)
+        gemm_precision = "fp32" if strategy == "ort" and precision == "fp32" else precision
+        setups[label] = {"rt": rt, "cfg": cfg, "strategy": strategy, "precision": precision, "gemm": gemm_precision,
+                         "family": family, "setup_s": time.perf_counter() - began}
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    fidelity: dict[tuple[str, str], dict[str, float]] = {}
+    for w in workloads:
+        clips, seconds = WORKLOADS[w]
+        audio = make_audio(clips, seconds, args.seed)
+        outs: dict[str, torch.Tensor] = {}
+        times: dict[str, list[float]] = {label: [] for label in labels}
+        warmup: dict[str, float] = {}
+        gemm: dict[tuple[str, str], list[float]] = {}
+        for label, su in setups.items():
+            rt = su["rt"]
+            began = time.perf_counter()
+            fn = (lambda rt=rt, p=su["precision"]: release_loop(rt, audio, p)) if su["strategy"] == "loop" \
+                else (lambda rt=rt: rt.embed(audio)[0])
+            su["fn"] = fn
+            outs[label] = fn()  # warm-up, and the output compared below
+            warmup[label] = time.perf_counter() - began
+        for round_ in range(args.repeats):
+            for label, su in setups.items():
+                t, _ = timed_runs(su["fn"], device, 1, math.inf, f"{w} {label} (round {round_ + 1})")
+                times[label] += t
+            for label, su in setups.items():  # the ceilings, interleaved with the runs
+                chunks = chunks_run(su["strategy"], clips, seconds, su["cfg"])
+                per_pass = min(chunks, su["rt"].max_chunks_per_batch) if su["strategy"] != "loop" else clips
+                m = per_pass * (su["cfg"].model.num_patches + int(su["cfg"].model.use_cls_token))
+                key = (su["gemm"], f"{m}x{su['cfg'].model.embed_dim}")
+                if len(gemm.setdefault(key, [])) <= round_:
+                    d = su["cfg"].model.embed_dim
+                    gemm[key].append(gemm_gflops(device, su["gemm"], m, d, int(d * su["cfg"].model.mlp_ratio)))
+        for label, su in setups.items():
+            cfg, strategy = su["cfg"], su["strategy"]
+            chunks = chunks_run(strategy, clips, seconds, cfg)
+            per_pass = min(chunks, su["rt"].max_chunks_per_batch) if strategy != "loop" else clips
+            m = per_pass * (cfg.model.num_patches + int(cfg.model.use_cls_token))
+            results[(w, label)] = {
+                "workload": w, "config": label, "family": su["family"], "size": args.size, "device": str(device),
+                "threads": torch.get_num_threads(), "audio_s": clips * seconds, "times_s": times[label],
+                "best_s": min(times[label]), "chunks": chunks, "chunk_gflop": chunk_flops(cfg.model) / 1e9,
+                "max_chunks_per_batch": su["rt"].max_chunks_per_batch, "chunks_per_pass": per_pass,
+                "setup_s": su["setup_s"], "warmup_s": warmup[label],
+                "gemm_gflops": max(gemm[(su["gemm"], f"{m}x{cfg.model.embed_dim}")]),
+                "output_shape": list(outs[label].shape), "interleaved": True}
+        for label in labels:
+            ref = reference_of(label)
+            if ref != label and ref in outs:
+                fidelity[(w, label)] = compare(outs[label], outs[ref])
+    return results, fidelity
+
+
 def plan(workloads: list[str], configs: list[str], quick: bool) -> list[tuple[str, str]]:
     runs = [(w, c) for w in workloads for c in configs]
     if quick:
@@ -172,95 +407,115 @@ def plan(workloads: list[str], configs: list[str], quick: bool) -> list[tuple[st
     return runs
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    """||a - b|| / ||b|| in float64."""
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(np.linalg.norm(a64 - b64) / np.linalg.norm(b64))
-
-
-def spawn(workload: str, config: str, args: argparse.Namespace, tmp: Path, save: bool) -> dict[str, Any] | None:
-    result_file = tmp / f"{workload}-{config}.json"
+def spawn(workload: str, label: str, args: argparse.Namespace, tmp: Path, save: bool) -> dict[str, Any] | None:
+    family, config = split_family(label, args.family)
+    result_file = tmp / f"{workload}-{label}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--workload", workload, "--config", config,
            "--result", str(result_file), "--device", args.device, "--threads", str(args.threads),
-           "--size", args.size, "--seed", str(args.seed), "--repeats", str(args.repeats),
-           "--repeat-budget-s", str(args.repeat_budget_s)]
+           "--size", args.size, "--family", family, "--seed", str(args.seed), "--repeats", str(args.repeats),
+           "--repeat-budget-s", str(args.repeat_budget_s), "--onnx-dir", str(tmp)]
     if args.max_chunks_per_batch:
         cmd += ["--max-chunks-per-batch", str(args.max_chunks_per_batch)]
     if save:
-        cmd += ["--save-output", str(tmp / f"{workload}-{config}.npy")]
-    log.info("running %s / %s", workload, config)
+        cmd += ["--save-output", str(tmp / f"{workload}-{label}.npy")]
+    log.info("running %s / %s", workload, label)
     proc = subprocess.run(cmd)
     if proc.returncode:
-        log.error("%s / %s failed (exit code %d)", workload, config, proc.returncode)
+        log.error("%s / %s failed (exit code %d)", workload, label, proc.returncode)
         return None
-    return json.loads(result_file.read_text())
+    return {**json.loads(result_file.read_text()), "config": label}
 
 
-def report(results: dict[tuple[str, str], dict[str, Any]], errors: dict[tuple[str, str], float],
-           workloads: list[str], peak_tflops: float | None) -> str:
-    """The summary table (throughput in audio seconds per wall second) and per-run details.
+def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Combine a configuration's rounds: all times, the best time, the best GEMM figure, the largest peak."""
+    if old is None:
+        return new
+    merged = dict(new)
+    merged["times_s"] = old["times_s"] + new["times_s"]
+    merged["best_s"] = min(merged["times_s"])
+    merged["gemm_gflops"] = max(old["gemm_gflops"], new["gemm_gflops"])
+    for key in ("peak_rss_mb", "rss_delta_mb", "cuda_peak_mb"):
+        if key in old:
+            merged[key] = max(old[key], new[key])
+    return merged
 
-    `errors[(workload, config)]`: ||config - ours-fp32|| / ||ours-fp32|| of the embeddings.
-    """
-    def speed(w: str, c: str) -> float | None:
-        r = results.get((w, c))
-        return r["audio_s"] / r["best_s"] if r else None
 
-    def fmt(x: float | None, spec: str = ".2f") -> str:
-        return "-" if x is None else format(x, spec)
-
-    cuda = any("cuda_peak_mb" in r for r in results.values())
-    peak_key = "cuda_peak_mb" if cuda else "rss_delta_mb"
-    head = ["workload", "loop fp32", "ours fp32", "ratio", "ours bf16", "bf16/fp32", "rel err",
-            f"peak MB {'CUDA' if cuda else 'RSS delta'} (loop/fp32/bf16)"]
-    rows = []
-    for w in workloads:
-        loop, ours, bf16 = speed(w, "loop-fp32"), speed(w, "ours-fp32"), speed(w, "ours-bf16")
-        peaks = "/".join(fmt(results[(w, c)][peak_key], ".0f") if (w, c) in results else "-"
-                         for c in ("loop-fp32", "ours-fp32", "ours-bf16"))
-        rows.append([w, fmt(loop), fmt(ours), fmt(ours / loop if ours and loop else None), fmt(bf16),
-                     fmt(bf16 / ours if bf16 and ours else None), fmt(errors.get((w, "ours-bf16")), ".2e"), peaks])
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = [" | ".join(str(c).rjust(n) for c, n in zip(r, widths)) for r in [head, *rows]]
     lines.insert(1, "-+-".join("-" * n for n in widths))
-    lines += ["", "throughput = audio seconds per wall second (best run); ratio = ours / loop; rel err = bf16 vs fp32",
-              "", "per run: workload config | times (s) | audio s/s | chunks | GFLOP/s"
-              + (" | FLOP-bound fraction" if peak_tflops else "") + " | peak RSS MB (abs) | RSS delta MB"]
+    return lines
+
+
+def report(results: dict[tuple[str, str], dict[str, Any]], fidelity: dict[tuple[str, str], dict[str, float]],
+           workloads: list[str], peak_tflops: float | None) -> str:
+    """One row per (workload, configuration): throughput (audio s per wall s), ratio to ours-fp32,
+    encoder GFLOP/s, GEMM GFLOP/s of the same run and their ratio, fidelity to ours-fp32, memory."""
+    cuda = any("cuda_peak_mb" in r for r in results.values())
+    head = ["workload", "config", "audio s/s", "x ours-fp32", "enc GFLOP/s", "GEMM GFLOP/s", "enc/GEMM",
+            *(["of peak"] if peak_tflops else []), "rel err", "worst cos", "chunks/pass",
+            "peak MB (CUDA)" if cuda else "RSS delta MB"]
+    rows = []
+    for w in workloads:
+        for (ww, c), r in results.items():
+            if ww != w:
+                continue
+            base = results.get((w, reference_of(c)))
+            speed = r["audio_s"] / r["best_s"]
+            gflops = r["chunks"] * r["chunk_gflop"] / r["best_s"]
+            fid = fidelity.get((w, c), {})
+            peak = r.get("cuda_peak_mb", r.get("rss_delta_mb"))
+            rows.append([w, c, f"{speed:.2f}", f"{speed * base['best_s'] / base['audio_s']:.2f}" if base else "-",
+                         f"{gflops:.0f}", f"{r['gemm_gflops']:.0f}", f"{gflops / r['gemm_gflops']:.2f}",
+                         *([f"{gflops / (peak_tflops * 1e3):.3f}"] if peak_tflops else []),
+                         f"{fid['rel_err']:.1e}" if fid else "-", f"{fid['worst_cos']:.5f}" if fid else "-",
+                         str(r["chunks_per_pass"]),
+                         "-" if peak is None else
+                         ("<=" if r.get("rss_delta_is_upper_bound") and not cuda else "") + f"{peak:.0f}"])
+    lines = _table(head, rows)
+    lines += ["", "audio s/s: best run; enc GFLOP/s: 2 x multiply-adds of the chunks run / best time; GEMM: the "
+              "MLP's two products on one micro-batch in the run's precision (int8: GOP/s), same process; "
+              "rel err / worst cos: embeddings vs ours-fp32 (worst cosine over steps)", "",
+              "per run: workload config | times (s) | median (s) | chunks | setup s | warm-up s | peak RSS MB (abs)"]
     for (w, c), r in results.items():
-        gflops = r["chunks"] * r["chunk_gflop"] / r["best_s"]
-        frac = f" | {gflops / (peak_tflops * 1e3):.3f}" if peak_tflops else ""
-        bound = "<=" if r["rss_delta_is_upper_bound"] else ""
-        lines.append(f"{w} {c} | {', '.join(f'{t:.2f}' for t in r['times_s'])} | {r['audio_s'] / r['best_s']:.2f} | "
-                     f"{r['chunks']} | {gflops:.1f}{frac} | {r['peak_rss_mb']:.0f} | {bound}{r['rss_delta_mb']:.0f}"
-                     + (f" | CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else ""))
-    for (w, c), v in errors.items():
-        lines.append(f"{w}: {c} vs ours-fp32 embeddings: rel err {v:.2e}")
+        median = float(np.median(r["times_s"]))
+        lines.append(f"{w} {c} | {', '.join(f'{t:.2f}' for t in r['times_s'])} | {median:.2f} | "
+                     f"{r['chunks']} | {r['setup_s']:.1f} | {r['warmup_s']:.1f} | "
+                     + ("-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
-    p.add_argument("--configs", default=",".join(CONFIGS), help="comma list of {loop,ours}-{fp32,bf16,fp16}")
+    p.add_argument("--workloads", default="16x2s,8x10s,60s", help=f"comma list of {', '.join(WORKLOADS)}")
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help="comma list of <loop|ours|ort>-<fp32|bf16|fp16|int8>[-compile]")
+    p.add_argument("--family", choices=FAMILIES, default="mwmae",
+                   help="mwmae (200 x 80 log-mel) or audiomae (1024 x 128 fbank, hear_mwmae.config.audiomae_config)")
     p.add_argument("--quick", action="store_true", help="skip the loop baseline on the 20 min workload")
+    p.add_argument("--rounds", type=int, default=1, help="run the whole list this many times, interleaved")
+    p.add_argument("--in-process", action="store_true",
+                   help="all configurations in one process, timed runs alternating (--repeats rounds); "
+                        "no memory figures")
     p.add_argument("--repeats", type=int, default=3,
-                   help="at most this many timed runs per configuration (the best counts)")
+                   help="at most this many timed runs per configuration and round (the best counts)")
     p.add_argument("--repeat-budget-s", type=float, default=60.0,
                    help="no further runs once a configuration's runs took this long in total")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=2, help="torch (and ONNX Runtime) CPU threads")
     p.add_argument("--size", default="base", help="encoder size preset (random weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-chunks-per-batch", type=int, default=None,
                    help="chunks per encoder pass for ours (default: the runtime's, 16 on CPU / 128 on GPU)")
     p.add_argument("--peak-tflops", type=float, default=None,
-                   help="the device's dense peak TFLOP/s for the precision used, to report the FLOP-bound fraction")
+                   help="the device's dense peak TFLOP/s, to report the fraction of the FLOP bound")
     p.add_argument("--json", type=Path, help="also write all measurements here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--save-output", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--onnx-dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.worker:
@@ -272,39 +527,52 @@ def main(argv: list[str] | None = None) -> int:
         if w not in WORKLOADS:
             p.error(f"unknown workload {w!r}")
     for c in configs:
-        strategy, _, precision = c.partition("-")
-        if strategy not in ("loop", "ours") or precision not in PRECISIONS:
-            p.error(f"unknown configuration {c!r}")
+        try:
+            family, config = split_family(c, args.family)
+            strategy, _, _ = parse_config(config)
+        except ValueError as exc:
+            p.error(str(exc))
+        if strategy == "loop" and family != "mwmae":
+            p.error("the loop baseline is the MW-MAE release's; drop it for --family audiomae")
+        if strategy == "ort" and args.device != "cpu":
+            p.error("ort-* configurations run on the CPU")
     runs = plan(workloads, configs, args.quick)
-    log.info("plan: %s", ", ".join(f"{w}/{c}" for w, c in runs))
+    log.info("plan (%d round(s)): %s", args.rounds, ", ".join(f"{w}/{c}" for w, c in runs))
     results: dict[tuple[str, str], dict[str, Any]] = {}
-    errors: dict[tuple[str, str], float] = {}
+    fidelity: dict[tuple[str, str], dict[str, float]] = {}
 
     def dump() -> None:
         if args.json:
-            args.json.write_text(json.dumps({"runs": list(results.values()),
-                                             "rel_err_vs_ours_fp32": [[w, c, e] for (w, c), e in errors.items()]},
+            args.json.write_text(json.dumps({"family": args.family, "size": args.size, "rounds": args.rounds,
+                                             "runs": list(results.values()),
+                                             "fidelity_vs_ours_fp32": [{"workload": w, "config": c, **f}
+                                                                       for (w, c), f in fidelity.items()]},
                                             indent=1))
 
     start = time.perf_counter()
+    if args.in_process:
+        results, fidelity = interleaved(args, workloads, configs)
+        dump()
+        log.info("total benchmark time %.0f s", time.perf_counter() - start)
+        print(report(results, fidelity, workloads, args.peak_tflops))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
-        for w in workloads:
-            mine = [c for ww, c in runs if ww == w]
-            compare = "ours-fp32" in mine and len(mine) > 1
-            for c in mine:
-                r = spawn(w, c, args, Path(tmp), save=compare)
-                if r:
-                    results[(w, c)] = r
-                    dump()
-            saved = {c: Path(tmp) / f"{w}-{c}.npy" for c in mine if (Path(tmp) / f"{w}-{c}.npy").exists()}
-            if "ours-fp32" in saved:
-                ref = np.load(saved.pop("ours-fp32"))
-                for c, path in saved.items():
-                    errors[(w, c)] = rel_err(np.load(path), ref)
-                    path.unlink()
+        for round_ in range(args.rounds):
+            for w in workloads:
+                mine = [c for ww, c in runs if ww == w]
+                save = round_ == 0 and any(reference_of(c) in mine and c != reference_of(c) for c in mine)
+                for c in mine:
+                    r = spawn(w, c, args, Path(tmp), save=save)
+                    if r:
+                        results[(w, c)] = merge(results.get((w, c)), r)
+                        dump()
+                for c in mine if save else []:
+                    path, ref = Path(tmp) / f"{w}-{c}.npy", Path(tmp) / f"{w}-{reference_of(c)}.npy"
+                    if c != reference_of(c) and path.exists() and ref.exists():
+                        fidelity[(w, c)] = compare(np.load(path), np.load(ref))
                 dump()
     log.info("total benchmark time %.0f s", time.perf_counter() - start)
-    print(report(results, errors, workloads, args.peak_tflops))
+    print(report(results, fidelity, workloads, args.peak_tflops))
     return 0
 
 

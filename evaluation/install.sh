@@ -47,15 +47,11 @@ then
 fi
 
 say "installing the HEAR toolchain, keeping torch $TORCH_VERSION ..."
-PINNED="$(mktemp)"
-trap 'rm -f "$PINNED"' EXIT
-cat "$CONSTRAINTS" > "$PINNED"
-echo "torch==$TORCH_VERSION" >> "$PINNED"
-
-"$PYTHON" -m pip install -c "$PINNED" -r "$REQUIREMENTS"
+# torch==<installed> as one more requirement keeps pip from replacing it (no temporary file).
+"$PYTHON" -m pip install -c "$CONSTRAINTS" -r "$REQUIREMENTS" "torch==$TORCH_VERSION"
 # Their declared pins (numpy==1.19.2, numba==0.48, spotty) do not install on current
 # Python and are not needed at run time: install the two packages alone.
-"$PYTHON" -m pip install --no-deps -c "$PINNED" heareval hearvalidator
+"$PYTHON" -m pip install --no-deps -c "$CONSTRAINTS" heareval hearvalidator
 
 if ! "$PYTHON" -c 'import heareval.predictions.task_predictions, hearvalidator.validate' > /dev/null 2>&1; then
     say "error: the toolchain was installed but does not import; run:"

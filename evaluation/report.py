@@ -19,6 +19,17 @@ from .tasks import SCORE_FIT_LABEL, TASKS, overall_score, registered
 PAPER_OVERALL = 89.2  # MW-MAE-B's s(m) in the paper
 
 
+def model_facts(checkpoint: Path) -> dict[str, Any]:
+    """Family and size of a checkpoint, for labelling its results (MW-MAE and Audio-MAE runs
+    are reported the same way; `evaluation.compare` puts them side by side)."""
+    from hear_mwmae.checkpoint import load_checkpoint
+
+    cfg = load_checkpoint(checkpoint).config
+    m = cfg.model
+    return {"family": m.family, "embedding_size": m.embedding_size, "embed_dim": m.embed_dim, "depth": m.depth,
+            "patch_size": list(m.patch_size), "chunk_frames": cfg.chunk_frames, "frontend": cfg.frontend.kind}
+
+
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     """(mean, 95 % t-interval half-width); the half-width is NaN for fewer than 2 values."""
     n = len(values)
@@ -79,7 +90,9 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# HEAR results",
         "",
-        f"- checkpoint: `{summary.get('checkpoint')}` (sha256 `{summary.get('checkpoint_sha256', '')[:16]}…`)",
+        f"- checkpoint: `{summary.get('checkpoint')}` (sha256 `{summary.get('checkpoint_sha256', '')[:16]}…`)"
+        + (f", family `{summary['model']['family']}`, {summary['model']['embedding_size']}-d"
+           if summary.get("model") else ""),
         f"- grid: `{summary.get('grid')}`, seeds: {summary.get('seeds')}, device: `{summary.get('device')}`",
         f"- {summary['units']}; paper = MW-MAE-B-4x16-4l as published, released = the released weights",
         "",
@@ -124,10 +137,19 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(entries) + 4), 4.5))
     ax.bar(x - width / 2, ours, width, yerr=ours_err, capsize=3, label="ours")
     ax.bar(x + width / 2, paper, width, yerr=paper_err, capsize=3, label="paper (MW-MAE-B-4x16-4l)")
-    ax.set_xticks(x, [e["title"] for e in entries], rotation=30, ha="right")
+    save_score_chart(fig, ax, [e["title"] for e in entries], f"HEAR, {summary.get('grid')} grid, mean ± 95 % CI "
+                     "over seeds", path)
+
+
+def save_score_chart(fig: Any, ax: Any, titles: list[str], title: str, path: Path) -> None:
+    """Label a per-task score chart (tasks on x, percent on y), save it as PNG and close it."""
+    import numpy as np
+    import matplotlib.pyplot as plt
+
+    ax.set_xticks(np.arange(len(titles)), titles, rotation=30, ha="right")
     ax.set_ylabel("test score (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"HEAR, {summary.get('grid')} grid, mean ± 95 % CI over seeds")
+    ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

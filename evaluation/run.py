@@ -1,6 +1,6 @@
 """Reproduce the paper's HEAR table with one command.
 
-    python -m evaluation.run --tasks-dir TASKS --model weights/base.pt \\
+    python -m evaluation.run --tasks-dir TASKS --model mwmae-base-4x16-4l \\
         [--tasks paper|all|a,b] [--seeds 10] [--grid paper|default|fast] [--out hear-results]
 
 Steps: check the task folders; embed each task once per checkpoint (cached under
@@ -29,12 +29,14 @@ from .store import read_json
 from .tasks import TASKS, TaskDirError, check_task_dir, resolve_names
 
 log = logging.getLogger("evaluation")
+LOCK_NAME = ".evaluation.lock"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks-dir", type=Path, required=True, help="folder holding HEAR task folders")
-    p.add_argument("--model", type=Path, required=True, help="hear_mwmae checkpoint (.pt / .safetensors)")
+    p.add_argument("--model", type=Path, required=True,
+                   help="hear_mwmae checkpoint (.pt / .safetensors) or a fetched model's name")
     p.add_argument("--tasks", default="all",
                    help="comma-separated task folder names or keys; 'paper' = the ten tasks of the "
                         "paper; 'all' (default) = every task folder in --tasks-dir")
@@ -59,6 +61,34 @@ def pick_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {name}: CUDA is not available")
     return name
+
+
+def resolve_model(model: Path) -> Path:
+    """--model as a file: a released model's name (`hear-mwmae fetch NAME`) becomes its cached file."""
+    from hear_mwmae import registry
+
+    if registry.is_name(str(model)):
+        try:
+            return registry.cached_file(str(model))
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"--model {model}: {exc}") from None
+    if not model.is_file():
+        raise SystemExit(f"--model {model} is not a file")
+    return model
+
+
+def lock_out(out: Path) -> Any:
+    """Hold OUT/.evaluation.lock (a `filelock.FileLock`) for the run; exit if another run holds it."""
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SystemExit(f"another `python -m evaluation.run` is using {out} (lock {out / LOCK_NAME} is held); "
+                         "wait for it to finish, or pass another --out") from None
+    return lock
 
 
 def check_tasks(tasks_dir: Path, names: list[str]) -> list[Path]:
@@ -172,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [] if args.tasks == "all" else [n.strip() for n in args.tasks.split(",") if n.strip()]
     task_dirs = check_tasks(args.tasks_dir, names)
-    if not args.model.is_file():
-        raise SystemExit(f"--model {args.model} is not a file")
+    args.model = resolve_model(args.model)
     device = pick_device(args.device)
+    out = args.out.resolve()
+    lock = lock_out(out)  # before the slow imports: a second run on this --out stops at once
     import_heareval(args.verbose)
     from . import embed, report
 
-    out = args.out.resolve()
     embeddings_root = (args.embeddings_dir or out / "embeddings").resolve()
     sha = sha256_file(args.model)
     log.info("checkpoint %s sha256 %s; device %s; grid %s; %d seeds", args.model, sha, device, args.grid, args.seeds)
@@ -188,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         embeddings = {d.name: embed.cache_dir(embeddings_root, sha, d.name) for d in task_dirs}
         per_task = predict_all(task_dirs, args.seeds, embeddings, out, args.grid,
                                {"checkpoint_sha256": sha, "grid": args.grid}, device, quiet)
-    run_info = {"checkpoint": str(args.model), "checkpoint_sha256": sha, "grid": args.grid,
-                "seeds": list(range(args.seeds)), "device": device}
+    run_info = {"checkpoint": str(args.model), "checkpoint_sha256": sha, "model": report.model_facts(args.model),
+                "grid": args.grid, "seeds": list(range(args.seeds)), "device": device}
     paths = report.write_reports(report.summarize(per_task, run_info), out)
     log.info("wrote %s, %s and %s\n\n%s", paths["json"], paths["md"], paths["png"], paths["md"].read_text())
+    lock.release()
     return 0
 
 

@@ -1,6 +1,6 @@
 """hear-mwmae: MW-MAE audio embeddings in PyTorch with the HEAR 2021 API.
 
-    model = hear_mwmae.load_model("weights/base.pt")          # or hf://owner/repo/file.pt
+    model = hear_mwmae.load_model("mwmae-base-4x16-4l")       # after `hear-mwmae fetch mwmae-base-4x16-4l`
     scene = hear_mwmae.get_scene_embeddings(audio, model)     # (n_sounds, D)
     emb, ts = hear_mwmae.get_timestamp_embeddings(audio, model)  # (n, steps, D), (n, steps) ms
 
@@ -15,33 +15,37 @@ import torch
 
 __version__ = "0.1.0"
 
-DEFAULT_MODEL = "weights/base.pt"
+DEFAULT_MODEL = "mwmae-base-4x16-4l"  # the authors' released MW-MAE, from the cache (`hear-mwmae fetch`)
 
 
 def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn.Module:
     """Load a checkpoint as a HEAR model.
 
-    model_file_path: our `.pt` / `.safetensors`, an authors' run directory (converted on
-        the fly), or `hf://owner/repo/path/file.pt[@revision]`.
+    model_file_path: a released model's name (`hear_mwmae.registry`; default
+        "mwmae-base-4x16-4l", fetched once with `hear-mwmae fetch NAME`), our `.pt` /
+        `.safetensors`, an authors' checkpoint (MW-MAE run directory, Audio-MAE `.pth` or
+        timm directory; converted on the fly),
+        `hf://owner/repo/path/file.pt[@revision]`, or `hf://owner/repo[@revision]` (a
+        timm-layout Audio-MAE repo such as gaunernst/vit_base_patch16_1024_128.audiomae_as2m).
     options (also via heareval's `--model-options` JSON):
         device: "cpu", "cuda", "cuda:1", ... (default: cuda if available)
-        precision: "fp32" (default), "bf16" or "fp16" (autocast)
-        max_chunks_per_batch: 2 s chunks per encoder pass (default 16 on CPU, 128 on GPU;
-            bounds memory)
-        sha256: pin the checkpoint file's hash (checked before loading)
+        precision: "fp32" (default), "bf16" or "fp16" (autocast), or "int8" (CPU only: the
+            blocks' linear layers in int8, quantised once at load; see hear_mwmae/quantize.py)
+        max_chunks_per_batch: an int >= 1, encoder chunks per pass (default 16 on CPU, 128 on
+            GPU; bounds memory)
+        sha256: pin the checkpoint file's hash (64 hex digits; checked before loading)
+        compile: True to run the encoder through torch.compile (default False)
+    Options of the wrong type or value raise TypeError / ValueError.
     """
     from .checkpoint import build_encoder, load_checkpoint
-    from .runtime import MWMAERuntime
+    from .runtime import MWMAERuntime, check_load_options
 
-    known = {"device", "precision", "max_chunks_per_batch", "sha256"}
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"unknown load_model options {sorted(unknown)}; known: {sorted(known)}")
+    options = check_load_options(options)
     ckpt = load_checkpoint(model_file_path or DEFAULT_MODEL, sha256=options.get("sha256"))
     return MWMAERuntime(
         build_encoder(ckpt), ckpt.config, device=options.get("device"),
         precision=options.get("precision", "fp32"),
-        max_chunks_per_batch=options.get("max_chunks_per_batch"),
+        max_chunks_per_batch=options.get("max_chunks_per_batch"), compile=options.get("compile", False),
     )
 
 
@@ -55,7 +59,8 @@ def _runtime(model: torch.nn.Module):
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(n_sounds, n_samples) -> embeddings (n_sounds, n_steps, D) float32 and timestamps
-    (n_sounds, n_steps) float32 in ms (centre of each 40 ms step's real frames)."""
+    (n_sounds, n_steps) float32 in ms (centre of each step's real frames: 40 ms steps for MW-MAE,
+    160 ms for Audio-MAE)."""
     return _runtime(model).embed(audio)
 
 

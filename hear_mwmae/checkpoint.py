@@ -1,40 +1,44 @@
 """Our checkpoint format: one file holding the config, the state dict and provenance.
 
 `.pt`: a plain dict loadable with `torch.load(weights_only=True)`:
-    {"format": "hear-mwmae", "format_version": 1, "config": MWMAEConfig.to_dict(),
+    {"format": "hear-mwmae", "format_version": 2, "config": MWMAEConfig.to_dict(),
      "encoder_only": bool, "provenance": {...}, "state_dict": {key: tensor}}
 `.safetensors`: the state dict, with format/config/provenance as JSON strings in the metadata.
+Format 2 (both model families) adds the frontend `kind` and the model `family` and its
+fields to the config; format 1 files (MW-MAE only) are migrated on load (`migrate`).
 
-`load_checkpoint` accepts a local file, an authors' run directory (converted on the fly),
-or a Hugging Face Hub reference `hf://owner/repo/path/file.pt[@revision]`, with an optional
-sha256 pin. Loading never unpickles code.
+`load_checkpoint` accepts a local file, an authors' run directory or Audio-MAE checkpoint
+(converted on the fly), or a Hugging Face Hub reference `hf://owner/repo/path/file.pt[@revision]`
+or `hf://owner/repo[@revision]` (a timm-layout Audio-MAE repo), with an optional sha256 pin.
+Loading never unpickles code (the one class allowed besides tensors and containers is the
+`argparse.Namespace` inside the Audio-MAE authors' files).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import registry
 from .config import MWMAEConfig
 from .files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
 FORMAT = "hear-mwmae"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ENCODER_PREFIX = "encoder."
 HOW_TO_GET_WEIGHTS = (
-    "See weights/README.md: convert the authors' released run directory with "
-    "`hear-mwmae convert RUN_DIR weights/base.pt`, or use the bundled demo `weights/demo-tiny.pt`."
+    "Get the authors' model with `hear-mwmae fetch mwmae-base-4x16-4l` (then load it by that name), "
+    "convert a run directory by hand (weights/README.md), or use the bundled demo `weights/demo-tiny.pt`."
 )
+PRETRAIN_HINT = "export a model from it with `hear-mwmae pretrain-export {run} OUT.pt`"
 
 
 class CheckpointError(ValueError):
@@ -86,45 +90,91 @@ def save_checkpoint(path: str | Path, config: MWMAEConfig, state_dict: dict[str,
 
 # ----------------------------------------------------------------------------- loading
 _HF_REF = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<file>[^@]+?)(?:@(?P<rev>[^@]+))?$")
+_HF_REPO = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/@]+))?$")  # a whole (timm-layout) repo
+
+
+def _hub_repo(repo: str, revision: str | None) -> Path:
+    """A timm-layout Hub repo's snapshot folder: config.json + model.safetensors, else pytorch_model.bin."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["config.json", "model.safetensors"]))
+    if not (folder / "model.safetensors").is_file():
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["config.json", "pytorch_model.bin"]))
+    return folder
 
 
 def resolve(ref: str | Path, sha256: str | None = None) -> Path:
-    """Local path or `hf://owner/repo/path/file[@revision]` -> local file, hash-checked if pinned.
+    """Local path, `hf://owner/repo/path/file[@revision]` -> local file, or `hf://owner/repo[@revision]`
+    (a timm-layout repo: config.json + weights) -> local folder; hash-checked if pinned (for a
+    repo: its weights file).
 
     Hub files come through `huggingface_hub` (its cache; `HF_HUB_OFFLINE=1` is honoured).
     """
     text = str(ref)
     if text.startswith("hf://"):
-        m = _HF_REF.match(text)
+        m = _HF_REF.match(text) or _HF_REPO.match(text)
         if not m:
-            raise ValueError(f"bad Hub reference {text!r}; expected hf://owner/repo/path/file.pt[@revision]")
+            raise ValueError(f"bad Hub reference {text!r}; expected hf://owner/repo/path/file.pt[@revision] "
+                             "or hf://owner/repo[@revision]")
         try:
             from huggingface_hub import hf_hub_download
         except ImportError as exc:  # optional dependency
             raise ImportError("loading from the Hub needs `pip install huggingface_hub`") from exc
         try:
-            path = Path(hf_hub_download(m["repo"], m["file"], revision=m["rev"]))
+            if m.groupdict().get("file"):
+                path = Path(hf_hub_download(m["repo"], m["file"], revision=m["rev"]))
+            else:
+                path = _hub_repo(m["repo"], m["rev"])
         except Exception as exc:
             raise FileNotFoundError(
                 f"could not get {text} from the Hugging Face Hub or its local cache "
                 f"({type(exc).__name__}: {exc}). {HOW_TO_GET_WEIGHTS}") from exc
+    elif registry.is_name(text):  # a released model fetched into the cache (`hear-mwmae fetch NAME`)
+        path = registry.cached_file(text)
     else:
         path = Path(ref).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"checkpoint {path} not found. {HOW_TO_GET_WEIGHTS}")
     if sha256 is not None:
-        actual = sha256_file(path)
+        if path.is_dir():
+            from .convert.audiomae import timm_weights_file
+
+            path_to_hash = timm_weights_file(path)
+        else:
+            path_to_hash = path
+        actual = sha256_file(path_to_hash)
         if actual.lower() != sha256.lower():
             raise CheckpointError(f"{text}: sha256 {actual} does not match the pinned {sha256}")
     return path
 
 
+def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    """Bring a checkpoint payload of an older format version up to FORMAT_VERSION.
+
+    1 -> 2: format 1 held MW-MAE models only, so its config gets frontend kind "logmel"
+    and model family "mwmae" (every other new field's default is MW-MAE's behaviour).
+    """
+    version = int(obj.get("format_version", -1))
+    if version == 1:
+        config = dict(obj.get("config") or {})
+        config["frontend"] = {"kind": "logmel", **dict(config.get("frontend") or {})}
+        config["model"] = {"family": "mwmae", **dict(config.get("model") or {})}
+        obj = {**obj, "config": config, "format_version": 2,
+               "provenance": {**dict(obj.get("provenance") or {}), "migrated_from_format": 1}}
+        version = 2
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{where}: format_version {version} unsupported (this package reads "
+                              f"1 to {FORMAT_VERSION}; a newer hear-mwmae wrote it?)")
+    return obj
+
+
 def _from_payload(obj: Any, where: str) -> Checkpoint:
+    if isinstance(obj, dict) and obj.get("format") == "hear-mwmae-train":
+        raise CheckpointError(f"{where}: a pre-training state (hear-mwmae pretrain), not a model checkpoint; "
+                              + PRETRAIN_HINT.format(run=Path(where).parent))
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{where}: not a hear-mwmae checkpoint (no format={FORMAT!r} marker)")
-    version = int(obj.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{where}: format_version {version} unsupported (this package reads {FORMAT_VERSION})")
+    obj = migrate(obj, where)
     try:
         config = MWMAEConfig.from_dict(obj["config"])
         state = obj["state_dict"]
@@ -152,34 +202,101 @@ def _load_safetensors(path: Path) -> Checkpoint:
     return _from_payload(payload, str(path))
 
 
+_AUDIO_MAGIC = (b"RIFF", b"RIFX", b"fLaC", b"OggS", b"ID3", b"FORM", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2",
+                b"\xff\xf1", b"\xff\xf9", b".snd")
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def sniff(path: Path) -> str:
+    """What a file looks like from its first bytes: "torch" (zip or legacy pickle), "safetensors",
+    "msgpack" (a Flax checkpoint), "audio", or "unknown"."""
+    from .convert import is_msgpack_map
+
+    head = _head(path)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
+    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30:
+        return "safetensors"
+    if head.startswith(_AUDIO_MAGIC) or head[4:8] == b"ftyp":
+        return "audio"
+    if is_msgpack_map(path):
+        return "msgpack"
+    return "unknown"
+
+
 def load_checkpoint(ref: str | Path, sha256: str | None = None) -> Checkpoint:
     """Load our checkpoint (.pt / .safetensors), a Hub reference, or an authors' run directory."""
     path = resolve(ref, sha256)
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise CheckpointError(f"{path}: a directory, but not an authors' run directory (no config.json)")
-        from .convert import convert_run_dir
+        if (path / "train_config.json").exists() or (path / "checkpoint.pt").exists():
+            raise CheckpointError(f"{path}: a pre-training run directory, not a model checkpoint; "
+                                  + PRETRAIN_HINT.format(run=path))
+        from .convert import is_orbax_dir
 
-        log.warning("converting the authors' run directory %s on the fly; convert once with "
-                    "`hear-mwmae convert %s OUT.pt` to load faster", path, path)
-        converted = convert_run_dir(path)
-        return Checkpoint(converted.config, converted.state_dict, False, converted.provenance)
-    if path.suffix == ".safetensors":
+        if not (path / "config.json").exists() and not is_orbax_dir(path):  # orbax checkpoint_<step>/ converts too
+            raise CheckpointError(f"{path}: a directory, but not an authors' run directory (no config.json)")
+        return from_converted(path)
+    kind = sniff(path)
+    if path.suffix == ".safetensors" or kind == "safetensors":
         return _load_safetensors(path)
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:1] and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):  # a msgpack map, not a zip
+    if kind == "audio":
+        raise CheckpointError(f"{path}: an audio file, not a model checkpoint; pass a .pt / .safetensors file, an "
+                              f"authors' run directory or a released model name ({', '.join(registry.names())})")
+    if kind == "unknown":
+        head = _head(path)
+        raise CheckpointError(f"{path}: not a model checkpoint: neither a torch file, a safetensors file nor an "
+                              f"authors' Flax msgpack checkpoint ({f'it starts with bytes {head!r}' if head else 'empty'})")
+    if kind == "msgpack":
         raise CheckpointError(f"{path}: looks like an authors' Flax msgpack checkpoint; convert it with "
                               f"`hear-mwmae convert RUN_DIR OUT.pt` (or pass the run directory)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused: the file contains pickled objects other than tensors and plain "
-            f"containers (only weights_only loading is allowed): {str(exc).splitlines()[0]}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {exc}") from exc
+    obj = _load_torch_file(path)
+    if isinstance(obj, dict) and obj.get("format") != FORMAT:
+        from .convert.audiomae import is_audiomae_payload
+
+        if is_audiomae_payload(obj):
+            return _from_authors_payload(obj, path)
     return _from_payload(obj, str(path))
+
+
+def _load_torch_file(path: Path) -> Any:
+    """`torch.load(weights_only=True)`, allowing one class besides tensors and plain containers:
+    `argparse.Namespace`, which the Audio-MAE authors' files pickle (their training args).
+    Anything else is refused, never executed."""
+    from .convert import ConversionError
+    from .convert.audiomae import load_pickle_safely
+
+    try:
+        return load_pickle_safely(path)
+    except ConversionError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def _from_authors_payload(obj: Any, path: Path) -> Checkpoint:
+    """An Audio-MAE authors' checkpoint (already loaded), converted on the fly."""
+    from .convert import ConversionError
+    from .convert.audiomae import convert_payload
+
+    log.warning("converting %s on the fly; convert once with `hear-mwmae convert %s OUT.pt` to load faster",
+                path, path)
+    try:
+        c = convert_payload(obj, path)
+    except ConversionError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return Checkpoint(c.config, c.state_dict, c.encoder_only, c.provenance)
+
+
+def from_converted(source: Path) -> Checkpoint:
+    """Convert an authors' checkpoint on the fly (slow for big files: say how to do it once)."""
+    from .convert import convert_source
+
+    log.warning("converting %s on the fly; convert once with `hear-mwmae convert %s OUT.pt` to load faster",
+                source, source)
+    converted = convert_source(source)
+    return Checkpoint(converted.config, converted.state_dict, converted.encoder_only, converted.provenance)
 
 
 def build_encoder(ckpt: Checkpoint) -> torch.nn.Module:

@@ -1,7 +1,8 @@
 """`hear-mwmae` command line: thin wrappers around the package's functions.
 
-    hear-mwmae convert RUN_DIR OUT.pt [--encoder-only] [--checkpoint FILE] [--config FILE]
+    hear-mwmae convert SRC OUT.pt [--encoder-only] [--checkpoint FILE] [--config FILE] [--num-heads N]
     hear-mwmae info CKPT
+    hear-mwmae fetch NAME [--cache-dir DIR] [--force]   (the authors' released models; --list)
     hear-mwmae embed ...        (see `hear-mwmae embed --help`)
     hear-mwmae pretrain ...     (see `hear-mwmae pretrain --help`)
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,18 +22,26 @@ log = logging.getLogger("hear_mwmae")
 
 def _convert(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
-    from .convert import convert_run_dir
+    from .convert import convert_source
 
     start = time.perf_counter()
-    converted = convert_run_dir(args.run_dir, checkpoint=args.checkpoint, config_path=args.config)
+    source = args.run_dir
+    if source.startswith("hf://"):  # a timm-layout Hub repo: fetch (or find in the cache) first
+        from .checkpoint import resolve
+
+        source = resolve(source)
+    converted = convert_source(source, checkpoint=args.checkpoint, config_path=args.config,
+                               num_heads=args.num_heads, decoder_num_heads=args.decoder_num_heads)
+    if source != args.run_dir:
+        converted.provenance["source_ref"] = args.run_dir
     out = save_checkpoint(args.out, converted.config, converted.state_dict,
-                          provenance=converted.provenance, encoder_only=args.encoder_only)
+                          provenance=converted.provenance, encoder_only=args.encoder_only or converted.encoder_only)
     n_params = sum(v.numel() for k, v in converted.state_dict.items())
     n_encoder = sum(v.numel() for k, v in converted.state_dict.items() if k.startswith("encoder."))
     log.info("converted %s (step %s) -> %s in %.2f s: %d parameters (%d encoder), %.1f MB%s",
-             converted.provenance["source_file"], converted.provenance["step"], out,
+             converted.provenance["source_file"], converted.provenance.get("step"), out,
              time.perf_counter() - start, n_params, n_encoder, out.stat().st_size / 1e6,
-             " (encoder only)" if args.encoder_only else "")
+             " (encoder only)" if args.encoder_only or converted.encoder_only else "")
     return 0
 
 
@@ -46,28 +56,66 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from . import registry
+
+    if args.list or not args.name:
+        for name, m in sorted(registry.MODELS.items()):
+            record = registry.read_record(name, args.cache_dir)
+            where = registry.cache_dir(args.cache_dir) / m.filename if record else "not fetched"
+            print(f"{name:22s} {m.title:58s} {where}")
+        if not args.list:
+            log.error("name the model to fetch, e.g. hear-mwmae fetch %s", registry.DEFAULT)
+        return 0 if args.list else 2
+    record = registry.fetch(args.name, args.cache_dir, force=args.force, keep_source=args.keep_source)
+    print(f"{args.name}: {registry.cache_dir(args.cache_dir) / record['file']}")
+    print(f"  sha256 {record['sha256']}  {record['file']} (converted)")
+    for file, sha in record["source_files"].items():
+        where = file if file == record["run_dir"] else f"{record['run_dir']}/{file}"
+        print(f"  sha256 {sha}  {where} (source)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hear-mwmae", description="MW-MAE audio embeddings (HEAR API)")
+    parser = argparse.ArgumentParser(prog="hear-mwmae", description="MW-MAE and Audio-MAE audio embeddings (HEAR API)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="convert an authors' JAX run directory to our checkpoint")
-    p.add_argument("run_dir", type=Path, help="run directory (config.json + checkpoint_<step>) or a checkpoint file")
+    p = sub.add_parser("convert", help="convert an authors' checkpoint (MW-MAE JAX, Audio-MAE .pth / timm)")
+    p.add_argument("run_dir", help="MW-MAE run directory (config.json + checkpoint_<step>) or checkpoint_<step> "
+                   "(Flax msgpack file or orbax directory); Audio-MAE checkpoint-<epoch>.pth / pretrained.pth, a timm / Hub directory or hf://owner/repo")
     p.add_argument("out", type=Path, help="output .pt or .safetensors")
     p.add_argument("--encoder-only", action="store_true", help="leave out the decoder (all HEAR needs)")
     p.add_argument("--checkpoint", type=Path, help="a specific checkpoint_<step> (default: the newest)")
     p.add_argument("--config", type=Path, help="config.json (default: beside the checkpoint)")
+    p.add_argument("--num-heads", type=int, help="Audio-MAE: encoder attention heads, when the file cannot tell")
+    p.add_argument("--decoder-num-heads", type=int,
+                   help="Audio-MAE: heads of a global (mode 0) decoder, when the file cannot tell")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("info", help="print a checkpoint's config and provenance")
     p.add_argument("checkpoint", help="our .pt/.safetensors, hf://..., or a run directory")
     p.set_defaults(func=_info)
 
-    from . import embed
+    p = sub.add_parser("fetch", help="download and convert an authors' released model into the cache",
+                       description="Download a released run directory from the authors' Google Drive folder "
+                       "(needs gdown: pip install 'hear-mwmae[fetch]'), convert it, and store it with its sha256 "
+                       "in the cache (~/.cache/hear-mwmae, or $HEAR_MWMAE_CACHE). Then load it by name: "
+                       "hear_mwmae.load_model(NAME).")
+    p.add_argument("name", nargs="?", help="model name (see --list)")
+    p.add_argument("--cache-dir", type=Path, help="cache folder (default $HEAR_MWMAE_CACHE or ~/.cache/hear-mwmae)")
+    p.add_argument("--force", action="store_true", help="download and convert again even if cached")
+    p.add_argument("--keep-source", action="store_true", help="keep the downloaded run directory (NAME-source/)")
+    p.add_argument("--list", action="store_true", help="list the released models and whether they are cached")
+    p.set_defaults(func=_fetch)
+
+    from . import analyze_cli, embed
     from .pretrain import cli as pretrain_cli
 
     embed.register(sub)
     pretrain_cli.register(sub)
+    analyze_cli.register(sub)
+    __import__("hear_mwmae.onnx_export", fromlist=["register"]).register(sub)  # hear-mwmae export-onnx
     return parser
 
 
@@ -77,11 +125,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from .checkpoint import CheckpointError
     from .convert import ConversionError
+    from .registry import FetchError
 
     try:
         return int(args.func(args) or 0)
-    except (ConversionError, CheckpointError, FileNotFoundError) as exc:
-        log.error("%s", exc)
+    except BrokenPipeError:  # e.g. `hear-mwmae info CKPT | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+    except (ConversionError, CheckpointError, FetchError, OSError) as exc:  # one line, no traceback (-v: with)
+        log.error("%s", exc, exc_info=args.verbose)
         return 2
 
 

@@ -1,10 +1,11 @@
-"""File helpers shared by the package: SHA-256 of a file, and crash-safe writes."""
+"""File helpers shared by the package: SHA-256 of a file, crash-safe writes, why a safe load refused a file."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -42,3 +43,12 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def refused_pickle_reason(exc: BaseException) -> str:
+    """What `torch.load(weights_only=True)` refused, from its UnpicklingError, without torch's
+    advice to reload with weights_only=False (never do that with an untrusted file)."""
+    for line in str(exc).splitlines():
+        if re.search(r"unsupported global|WeightsUnpickler error|not an allowed global", line, re.IGNORECASE):
+            return line.strip()
+    return "an object that weights-only loading does not allow"

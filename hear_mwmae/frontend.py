@@ -1,12 +1,26 @@
-"""Waveform -> per-clip normalised log-mel, in plain torch.
+"""Waveform -> normalised spectrogram, in plain torch, for both model families.
 
-Reproduces the release's frontend (torchaudio `MelSpectrogram` + `log(x + eps)` +
-per-clip normalisation) with `torch.stft` and a mel filterbank computed in float32
-the way torchaudio computes it, so results match the release to float32 rounding.
+Every frontend is an `nn.Module` with the same interface, so the runtime and the
+pre-training data never ask which one they hold:
 
-One difference by design: the `center=True` padding uses numpy-style reflection, which
-keeps reflecting when the clip is shorter than `n_fft // 2` samples. torchaudio fails
-on such clips; we embed any non-empty clip. For longer clips both are identical.
+    num_frames(n)            frames a clip of n samples gives
+    log_mel(wave, block)     (B, N) -> raw log-mel / log-fbank (B, T, F), float32
+    normalize(raw)           -> normalised (B, T, F)
+    forward(wave, block)     normalize(log_mel(...))
+    pad_frames(x, frames)    extend normalised (B, T, F) to `frames` frames the family's way
+    hop_ms, first_frame_ms   frame j is centred at first_frame_ms + j * hop_ms
+
+`LogMelFrontend` (MW-MAE) reproduces torchaudio `MelSpectrogram` + `log(x + eps)` +
+per-clip normalisation with `torch.stft` and a mel filterbank computed in float32 the way
+torchaudio computes it. One difference by design: the `center=True` padding reflects
+numpy-style (it keeps reflecting when the clip is shorter than `n_fft // 2` samples), so any
+non-empty clip embeds where torchaudio fails. Chunks are completed by reflection, as in
+the release.
+
+`KaldiFbankFrontend` (Audio-MAE) reproduces torchaudio's `compliance.kaldi.fbank` with the
+authors' arguments (see `FbankConfig`) and AudioSet normalisation; chunks are completed
+with zeros of the raw log fbank, i.e. before normalisation, as the authors' dataset does.
+Clips shorter than one window are zero-padded to one window (torchaudio fails on them).
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from .config import FrontendConfig
+from .config import AnyFrontendConfig, FbankConfig, FrontendConfig
 
 
 def _hz_to_mel(freq: float) -> float:
@@ -57,7 +71,43 @@ def reflect_indices(length: int, before: int, after: int, device: torch.device |
     return torch.where(idx >= length, period - idx, idx)
 
 
-class LogMelFrontend(nn.Module):
+def _frame_blocks(num_frames: int, block: int | None) -> list[tuple[int, int]]:
+    """[first, last) frame ranges of at most `block` frames covering `num_frames`."""
+    step = max(1, block or num_frames)
+    return [(f0, min(num_frames, f0 + step)) for f0 in range(0, num_frames, step)]
+
+
+class _Frontend(nn.Module):
+    """What both frontends share: timing and the normalised forward pass."""
+
+    cfg: AnyFrontendConfig
+
+    @property
+    def hop_ms(self) -> float:
+        return 1000.0 * self.cfg.hop_length / self.cfg.sample_rate
+
+    @property
+    def first_frame_ms(self) -> float:
+        return self.cfg.first_frame_ms
+
+    def num_frames(self, num_samples: int) -> int:
+        raise NotImplementedError
+
+    def log_mel(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def normalize(self, logmel: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pad_frames(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
+        """(B, N) -> normalised (B, T, n_mels)."""
+        return self.normalize(self.log_mel(waveform, frames_per_block))
+
+
+class LogMelFrontend(_Frontend):
     """(B, N) waveform at `cfg.sample_rate` -> (B, T, n_mels) log-mel, T = 1 + N // hop.
 
     The STFT window and filterbank are non-persistent buffers: they follow `.to(device)`
@@ -83,11 +133,8 @@ class LogMelFrontend(nn.Module):
         waveform = waveform.to(torch.float32)
         pad = cfg.n_fft // 2
         padded = waveform[:, reflect_indices(waveform.shape[-1], pad, pad, waveform.device)]
-        num_frames = self.num_frames(waveform.shape[-1])
-        block = max(1, frames_per_block or num_frames)
-        parts = [self._frames_to_log_mel(padded[:, f0 * cfg.hop_length:(min(num_frames, f0 + block) - 1)
-                                                * cfg.hop_length + cfg.n_fft])
-                 for f0 in range(0, num_frames, block)]
+        parts = [self._frames_to_log_mel(padded[:, f0 * cfg.hop_length:(f1 - 1) * cfg.hop_length + cfg.n_fft])
+                 for f0, f1 in _frame_blocks(self.num_frames(waveform.shape[-1]), frames_per_block)]
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _frames_to_log_mel(self, padded: torch.Tensor) -> torch.Tensor:
@@ -114,6 +161,102 @@ class LogMelFrontend(nn.Module):
         std = logmel.std(dim=(1, 2), keepdim=True)
         return (logmel - mean) / (std + self.cfg.norm_eps)
 
-    def forward(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
-        """(B, N) -> normalised log-mel (B, T, n_mels)."""
-        return self.normalize(self.log_mel(waveform, frames_per_block))
+    def pad_frames(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, T, F) -> (B, frames, F), extended by numpy-style reflection (the release's
+        chunk padding; it keeps bouncing when the pad exceeds the clip)."""
+        t = x.shape[1]
+        return x if frames == t else x[:, reflect_indices(t, 0, frames - t, x.device)]
+
+
+# ----------------------------------------------------------------------------- Audio-MAE
+def _kaldi_mel(freq: torch.Tensor | float) -> torch.Tensor | float:
+    """Kaldi's mel scale 1127 ln(1 + f / 700), for a tensor or a Python float."""
+    if isinstance(freq, torch.Tensor):
+        return 1127.0 * (1.0 + freq / 700.0).log()
+    return 1127.0 * math.log(1.0 + freq / 700.0)
+
+
+def kaldi_mel_banks(cfg: FbankConfig) -> torch.Tensor:
+    """Kaldi's triangular mel filters on the FFT bins, float32 as torchaudio computes them.
+
+    Returns (n_fft // 2 + 1, n_mels): bins 0 .. n_fft/2 - 1 weighted in mel space between
+    band edges equally spaced from mel(f_min) to mel(f_max); the Nyquist bin gets weight 0.
+    """
+    num_fft_bins = cfg.n_fft // 2
+    mel_low, mel_high = _kaldi_mel(float(cfg.f_min)), _kaldi_mel(float(cfg.f_max))
+    delta = (mel_high - mel_low) / (cfg.n_mels + 1)
+    band = torch.arange(cfg.n_mels).unsqueeze(1)  # int64 * float -> float32, as torchaudio
+    left = mel_low + band * delta
+    centre = mel_low + (band + 1.0) * delta
+    right = mel_low + (band + 2.0) * delta
+    mel = _kaldi_mel(cfg.sample_rate / cfg.n_fft * torch.arange(num_fft_bins)).unsqueeze(0)
+    up = (mel - left) / (centre - left)
+    down = (right - mel) / (right - centre)
+    banks = torch.max(torch.zeros(1), torch.min(up, down))  # (n_mels, num_fft_bins)
+    return torch.nn.functional.pad(banks, (0, 1)).t().contiguous()
+
+
+class KaldiFbankFrontend(_Frontend):
+    """(B, N) waveform -> (B, T, n_mels) Kaldi log fbank, T = 1 + (max(N, win) - win) // hop.
+
+    Window and filterbank are non-persistent buffers (the config determines them).
+    """
+
+    def __init__(self, cfg: FbankConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or FbankConfig()
+        self.register_buffer("window", torch.hann_window(self.cfg.win_length, periodic=False), persistent=False)
+        self.register_buffer("fbank", kaldi_mel_banks(self.cfg), persistent=False)
+
+    def num_frames(self, num_samples: int) -> int:
+        cfg = self.cfg
+        return 1 + (max(num_samples, cfg.win_length) - cfg.win_length) // cfg.hop_length
+
+    def log_mel(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
+        """(B, N) float -> raw log fbank (B, T, n_mels), float32, before normalisation.
+
+        The clip mean is taken over the whole clip; frames are then independent, so
+        `frames_per_block` bounds memory without changing the result.
+        """
+        cfg = self.cfg
+        waveform = waveform.to(torch.float32)
+        if cfg.remove_clip_mean:
+            waveform = waveform - waveform.mean(dim=-1, keepdim=True)
+        if waveform.shape[-1] < cfg.win_length:  # shorter than one frame: zero-pad to one
+            waveform = torch.nn.functional.pad(waveform, (0, cfg.win_length - waveform.shape[-1]))
+        parts = [self._frames_to_log_fbank(waveform[:, f0 * cfg.hop_length:(f1 - 1) * cfg.hop_length + cfg.win_length])
+                 for f0, f1 in _frame_blocks(self.num_frames(waveform.shape[-1]), frames_per_block)]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _frames_to_log_fbank(self, samples: torch.Tensor) -> torch.Tensor:
+        """(B, L) samples -> (B, 1 + (L - win) // hop, n_mels), frames snipped at the edges."""
+        cfg = self.cfg
+        frames = samples.unfold(-1, cfg.win_length, cfg.hop_length)  # (B, T, win)
+        frames = frames - frames.mean(dim=-1, keepdim=True)  # per-frame DC removal
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[-1] := x[0]
+        frames = (frames - cfg.preemphasis * previous) * self.window
+        spectrum = torch.fft.rfft(frames, n=cfg.n_fft)  # zero-padded to n_fft
+        power = spectrum.abs().pow(2.0)  # (B, T, n_fft // 2 + 1)
+        return torch.matmul(power, self.fbank).clamp_min(cfg.log_eps).log()
+
+    def normalize(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Fixed dataset statistics: (x - mean) / (std_scale * std). (B, T, F)."""
+        return (logmel - self.cfg.mean) / (self.cfg.std * self.cfg.std_scale)
+
+    def pad_frames(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, T, F) normalised -> (B, frames, F): appended frames are zeros of the raw log
+        fbank, normalised (the authors pad before normalising)."""
+        t = x.shape[1]
+        if frames == t:
+            return x
+        fill = self.normalize(torch.zeros((), dtype=x.dtype, device=x.device))
+        return torch.cat([x, fill.expand(x.shape[0], frames - t, x.shape[2])], dim=1)
+
+
+def build_frontend(cfg: AnyFrontendConfig) -> _Frontend:
+    """The frontend module a config describes."""
+    if isinstance(cfg, FbankConfig):
+        return KaldiFbankFrontend(cfg)
+    if isinstance(cfg, FrontendConfig):
+        return LogMelFrontend(cfg)
+    raise TypeError(f"unknown frontend config {type(cfg).__name__}")

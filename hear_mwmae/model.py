@@ -1,7 +1,11 @@
-"""MW-MAE in PyTorch: patch embedding, (multi-window) attention, encoder, decoder, masking, loss.
+"""Masked autoencoders of both families in PyTorch: patch embedding, (multi-window)
+attention, encoder, decoder, masking, loss.
 
-Tensor layout: a spectrogram chunk is (B, T, F) = (B, 200, 80) normalised log-mel; patches
-are flattened time-major (index = t * grid_f + f) as in the release.
+Tensor layout: a spectrogram chunk is (B, T, F) normalised, (B, 200, 80) log-mel for MW-MAE
+and (B, 1024, 128) fbank for Audio-MAE; patches are flattened time-major
+(index = t * grid_f + f), as both releases do. The config decides every difference
+(patch grid, CLS token, GELU, decoder kind); Audio-MAE's Swin decoder blocks live in
+`swin.py`.
 
 Multi-window attention: every head h has a window w_h over the flattened token sequence
 (0 = global). The fast path runs *all* heads of a block in one
@@ -37,6 +41,17 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     """(grid_t * grid_f, dim); first half encodes the frequency index, second the time index."""
     t, f = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
     return torch.cat([sincos_1d(dim // 2, f.reshape(-1)), sincos_1d(dim // 2, t.reshape(-1))], dim=1)
+
+
+def sincos_audiomae(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Audio-MAE's fixed 2-D sin-cos for time-major tokens on `grid` = (grid_t, grid_f).
+
+    The authors lay the 2-D embedding out on the swapped (grid_f, grid_t) grid in raster
+    order, so token k gets [sincos(k mod grid_t) | sincos(k div grid_t)] (not its (t, f)
+    coordinates). Only fresh initialisation uses this; checkpoints store the values.
+    """
+    k = torch.arange(grid[0] * grid[1])
+    return torch.cat([sincos_1d(dim // 2, k % grid[0]), sincos_1d(dim // 2, k // grid[0])], dim=1)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -95,6 +110,7 @@ class Attention(nn.Module):
             {str(h): nn.Parameter(torch.zeros(2 * w - 1)) for h, w in enumerate(self.window_sizes) if w}
         )
         self._layout_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._mask_cache: dict[tuple[int, str, torch.dtype], tuple[tuple, torch.Tensor]] = {}
 
     def shift_of(self, window: int) -> int:
         return window // 2 if self.shift else 0
@@ -115,17 +131,35 @@ class Attention(nn.Module):
                 index[h] = torch.where(same, rel_index + offset, 0)
                 const[h] = torch.where(same, penalty, float("-inf"))
                 offset += 2 * w - 1
-            self._layout_cache[key] = (index.to(device), const.to(device))
+            with torch.inference_mode(False):  # normal tensors: training may use them after inference did
+                self._layout_cache[key] = (index.to(device, copy=True), const.to(device, copy=True))
         return self._layout_cache[key]
 
     def attention_mask(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-        """Additive mask (H, n, n) for SDPA, or None when every head is global."""
+        """Additive mask (H, n, n) for SDPA, or None when every head is global.
+
+        Without autograd (`torch.no_grad` / `inference_mode`: a frozen encoder) the mask is
+        built once per (n, device, dtype) and reused while the bias tables are unchanged: the
+        key holds each table's storage and version counter, which every in-place update
+        (optimizer step, `load_state_dict`) bumps. With autograd on it is rebuilt every call,
+        so gradients reach the tables.
+        """
         if not len(self.relative_position_bias):
             return None
-        index, const = self._mask_layout(n, device)
         tables = [self.relative_position_bias[str(h)] for h, w in enumerate(self.window_sizes) if w]
+        slot = (n, str(device), dtype)
+        version = None
+        if not torch.is_grad_enabled() and not any(torch.is_inference(t) for t in tables):
+            version = tuple((t.data_ptr(), t._version) for t in tables)
+            hit = self._mask_cache.get(slot)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+        index, const = self._mask_layout(n, device)
         values = torch.cat([tables[0].new_zeros(1), *tables])
-        return (values[index] + const).to(dtype)
+        mask = (values[index] + const).to(dtype)
+        if version is not None:
+            self._mask_cache[slot] = (version, mask)
+        return mask
 
     # -- reference path: explicit windows, one batched computation per window size
     def _reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -166,13 +200,28 @@ class Attention(nn.Module):
             o = self._reference(q, k, v)
         return self.proj(o.transpose(1, 2).reshape(b, n, c))
 
+    def attention_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For analysis (never called by `forward`): the attention `forward(x)` applies, recomputed
+        from this module's own q, k, v and additive mask (relative position bias, windows, shift
+        penalty). x (B, N, C) -> (probs (B, H, N, N) float32, rows sum to 1; head outputs before
+        `proj` (B, H, N, head_dim), so `proj(head_out.transpose(1, 2).reshape(B, N, C))` = forward).
+        """
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        logits = (q.float() @ k.float().transpose(-2, -1)) * self.scale  # (B, H, N, N)
+        mask = self.attention_mask(n, x.device, torch.float32)
+        probs = (logits if mask is None else logits + mask).softmax(-1)
+        return probs, (probs.to(v.dtype) @ v)
+
 
 # ----------------------------------------------------------------------------- blocks
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """Linear -> GELU -> Linear. `gelu`: "tanh" (Flax's default, MW-MAE) or "erf" (exact, Audio-MAE)."""
+
+    def __init__(self, dim: int, hidden: int, gelu: str = "tanh"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")  # Flax nn.gelu default
+        self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,12 +232,12 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x)). LayerNorm eps 1e-6."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float,
-                 window_sizes: tuple[int, ...] = (), shift: bool = False):
+                 window_sizes: tuple[int, ...] = (), shift: bool = False, gelu: str = "tanh"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, window_sizes, shift)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -198,9 +247,19 @@ class Block(nn.Module):
 def _blocks(cfg: ModelConfig, dim: int, depth: int, heads: int, windows: tuple[int, ...]) -> nn.ModuleList:
     # Shifted windows: odd-indexed blocks shift, even ones do not (release behaviour).
     return nn.ModuleList(
-        Block(dim, heads, cfg.mlp_ratio, cfg.layer_norm_eps, windows, shift=cfg.shifting_windows and i % 2 == 1)
+        Block(dim, heads, cfg.mlp_ratio, cfg.layer_norm_eps, windows, shift=cfg.shifting_windows and i % 2 == 1,
+              gelu=cfg.gelu)
         for i in range(depth)
     )
+
+
+def _decoder_blocks(cfg: ModelConfig) -> nn.ModuleList:
+    """The decoder's blocks: MW-MHA / plain pre-norm blocks, or Audio-MAE's Swin blocks."""
+    if cfg.decoder_kind == "swin":
+        from .swin import swin_blocks
+
+        return swin_blocks(cfg)
+    return _blocks(cfg, cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_window_sizes)
 
 
 # ----------------------------------------------------------------------------- encoder / decoder
@@ -215,16 +274,19 @@ class Encoder(nn.Module):
         self.patch_embed.proj = nn.Conv2d(cfg.in_chans, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         extra = int(cfg.use_cls_token)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.use_cls_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + extra, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + extra, d), requires_grad=not cfg.fixed_pos_embed)
         self.blocks = _blocks(cfg, d, cfg.depth, cfg.num_heads, cfg.window_sizes)
-        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        # A fine-tuned Audio-MAE has no final norm: its features are the last block's tokens.
+        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.final_norm else nn.Identity()
 
     def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, F) spectrogram -> (B, L, D) patch tokens with position embedding."""
         if x.ndim != 3 or tuple(x.shape[1:]) != self.cfg.img_size:
             raise ValueError(f"expected (B, {self.cfg.img_size[0]}, {self.cfg.img_size[1]}), got {tuple(x.shape)}")
         x = self.patch_embed.proj(x.unsqueeze(1).to(self.pos_embed.dtype))  # (B, D, gt, gf)
-        x = x.flatten(2).transpose(1, 2)  # (B, L, D), index t * gf + f
+        # (B, L, D), index t * gf + f; contiguous, so the residual stream is not strided
+        # (every LayerNorm would copy it, every residual add would run strided)
+        x = x.flatten(2).transpose(1, 2).contiguous()
         return x + self.pos_embed[:, 1:] if self.cls_token is not None else x + self.pos_embed
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,9 +298,9 @@ class Encoder(nn.Module):
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 200, 80) normalised log-mel -> (B, grid_t, grid_f * D) = (B, 50, 5 * D).
-
-        The frequency patches of each time step are concatenated, frequency-major.
+        """(B, T, F) normalised chunk -> (B, grid_t, grid_f * D): (B, 50, 5 * D) for MW-MAE
+        4 x 16, (B, 64, 8 * D) for Audio-MAE. CLS dropped; the frequency patches of each
+        time step are concatenated, frequency-major (feature index f * D + d).
         """
         x = self._run(self.embed_patches(x))
         if self.cls_token is not None:
@@ -258,7 +320,12 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """MW-MHA decoder: embed, un-shuffle with mask tokens, blocks, norm, pixel prediction."""
+    """Decoder: embed, un-shuffle with mask tokens, (+ position), blocks, norm, pixel prediction.
+
+    With a CLS token, MW-MHA blocks see it (MW-MAE's MAE, Audio-MAE mode 0) and it is
+    dropped from the prediction; Swin blocks work on the patch grid, so the CLS row is
+    dropped before them (Audio-MAE mode 1).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -266,10 +333,12 @@ class Decoder(nn.Module):
         d = cfg.decoder_embed_dim
         self.embed = nn.Linear(cfg.embed_dim, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + int(cfg.use_cls_token), d))
-        self.blocks = _blocks(cfg, d, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_window_sizes)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + int(cfg.use_cls_token), d),
+                                      requires_grad=not cfg.fixed_pos_embed)
+        self.blocks = _decoder_blocks(cfg)
         self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.pred = nn.Linear(d, cfg.patch_dim)
+        self.cls_through_blocks = cfg.use_cls_token and cfg.decoder_kind != "swin"
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent (B, K [+1], D), ids_restore (B, L) -> predicted patches (B, L, patch_dim)."""
@@ -284,10 +353,12 @@ class Decoder(nn.Module):
         if cls is not None:
             x = torch.cat([cls, x], dim=1)
         x = x + self.pos_embed
+        if cls is not None and not self.cls_through_blocks:
+            x = x[:, 1:]
         for blk in self.blocks:
             x = blk(x)
         x = self.pred(self.norm(x))
-        return x[:, 1:] if cls is not None else x
+        return x[:, 1:] if self.cls_through_blocks else x
 
 
 class MAEOutput(NamedTuple):
@@ -297,7 +368,7 @@ class MAEOutput(NamedTuple):
 
 
 class MWMAE(nn.Module):
-    """Masked autoencoder: `encoder` (what HEAR uses) + `decoder` (pre-training only)."""
+    """Masked autoencoder of either family: `encoder` (what HEAR uses) + `decoder` (pre-training only)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -308,8 +379,9 @@ class MWMAE(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Fresh pre-training init as in the release: xavier-uniform kernels, zero biases,
-        sin-cos position embeddings, N(0, 0.02) tokens, truncated-normal bias tables."""
+        """Fresh pre-training init as in the releases: xavier-uniform kernels, zero biases,
+        sin-cos position embeddings (each family's layout), N(0, 0.02) tokens,
+        truncated-normal bias tables; Swin blocks initialise their own extras."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
@@ -320,10 +392,16 @@ class MWMAE(nn.Module):
             elif isinstance(m, Attention):
                 for table in m.relative_position_bias.values():
                     nn.init.trunc_normal_(table, std=0.02, a=-0.04, b=0.04)
-        extra = int(self.cfg.use_cls_token)
+            elif hasattr(m, "init_extra_parameters"):  # Swin attention: temperature, position MLP
+                m.init_extra_parameters()
+        cfg, extra = self.cfg, int(self.cfg.use_cls_token)
         enc, dec = self.encoder, self.decoder
-        enc.pos_embed[0, extra:] = sincos_2d(self.cfg.embed_dim, self.cfg.grid_size)
-        dec.pos_embed[0, extra:] = sincos_1d(self.cfg.decoder_embed_dim, torch.arange(self.cfg.num_patches))
+        if cfg.family == "audiomae":
+            enc.pos_embed[0, extra:] = sincos_audiomae(cfg.embed_dim, cfg.grid_size)
+            dec.pos_embed[0, extra:] = sincos_audiomae(cfg.decoder_embed_dim, cfg.grid_size)
+        else:
+            enc.pos_embed[0, extra:] = sincos_2d(cfg.embed_dim, cfg.grid_size)
+            dec.pos_embed[0, extra:] = sincos_1d(cfg.decoder_embed_dim, torch.arange(cfg.num_patches))
         enc.pos_embed[0, :extra] = 0
         dec.pos_embed[0, :extra] = 0
         nn.init.normal_(dec.mask_token, std=0.02)
@@ -331,7 +409,8 @@ class MWMAE(nn.Module):
             nn.init.normal_(enc.cls_token, std=0.02)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) -> (B, L, pt * pf); pixels time-major within a patch."""
+        """(B, T, F) -> (B, L, pt * pf); patches time-major, pixels time-major within a patch
+        (both releases' order)."""
         (gt, gf), (pt, pf) = self.cfg.grid_size, self.cfg.patch_size
         b = x.shape[0]
         x = x.reshape(b, gt, pt, gf, pf).permute(0, 1, 3, 2, 4)
@@ -350,18 +429,45 @@ class MWMAE(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample random masking by argsort of uniform noise.
 
+        `noise`: (B, cfg.mask_noise_size) uniform values; drawn (with `generator`) if None.
+        Unstructured: the len_keep patches with the smallest noise are kept, in that order.
+        2-D (`cfg.mask_2d`, Audio-MAE): noise = time noise (B, grid_t) then frequency noise
+        (B, grid_f), drawn in that order; the time rows and frequency columns with the
+        smallest noise (`cfg.mask_2d_keep`) are kept, their patches in ascending order.
         Returns ids_keep (B, K), ids_restore (B, L), mask (B, L) float (1 = removed).
         """
         n = self.cfg.num_patches
         if noise is None:
-            noise = torch.rand(batch_size, n, generator=generator, device=generator.device if generator else device)
+            dev = generator.device if generator else device
+            sizes = self.cfg.grid_size if self.cfg.mask_2d else (n,)
+            noise = torch.cat([torch.rand(batch_size, s, generator=generator, device=dev) for s in sizes], dim=1)
+        if tuple(noise.shape) != (batch_size, self.cfg.mask_noise_size):
+            raise ValueError(f"masking noise must be ({batch_size}, {self.cfg.mask_noise_size}), "
+                             f"got {tuple(noise.shape)}")
         noise = noise.to(device)
+        if self.cfg.mask_2d:
+            return self._masking_2d(noise)
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, : self.cfg.len_keep]
         mask = torch.ones(batch_size, n, device=device)
         mask[:, : self.cfg.len_keep] = 0
         return ids_keep, ids_restore, torch.gather(mask, 1, ids_restore)
+
+    def _masking_2d(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Audio-MAE's time x frequency masking from noise (B, grid_t + grid_f); see random_masking."""
+        (gt, gf), (kt, kf) = self.cfg.grid_size, self.cfg.mask_2d_keep
+        b, n = noise.shape[0], gt * gf
+
+        def kept(values: torch.Tensor, k: int) -> torch.Tensor:  # (B, m) -> (B, m) bool
+            keep = torch.zeros_like(values, dtype=torch.bool)
+            return keep.scatter_(1, torch.argsort(values, dim=1)[:, :k], True)
+
+        keep = kept(noise[:, :gt], kt)[:, :, None] & kept(noise[:, gt:], kf)[:, None, :]  # (B, gt, gf)
+        mask = (~keep).reshape(b, n).float()
+        # kept patches first, each group in ascending order (the authors' argsort(index + 999 * mask))
+        order = torch.argsort(torch.arange(n, device=noise.device) + n * mask, dim=1)
+        return order[:, : kt * kf], torch.argsort(order, dim=1), mask
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error per patch, averaged over removed patches only."""
@@ -376,7 +482,7 @@ class MWMAE(nn.Module):
         self, x: torch.Tensor, ids_keep: torch.Tensor | None = None, ids_restore: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> MAEOutput:
-        """x (B, 200, 80) -> MAEOutput. Masks are drawn with `generator` unless given."""
+        """x (B, T, F) -> MAEOutput. Masks are drawn with `generator` unless given."""
         if ids_keep is None or ids_restore is None:
             ids_keep, ids_restore, mask = self.random_masking(x.shape[0], x.device, generator)
         else:
@@ -387,9 +493,10 @@ class MWMAE(nn.Module):
 
 
 def set_fused_attention(model: nn.Module, fused: bool) -> None:
-    """Choose SDPA (True) or the explicit reference path (False) for every attention layer."""
+    """Choose SDPA (True) or the explicit reference path (False) for every attention layer
+    (every module whose class declares a `fused` flag: `Attention`, `swin.WindowAttention`)."""
     for m in model.modules():
-        if isinstance(m, Attention):
+        if isinstance(getattr(type(m), "fused", None), bool):
             m.fused = fused
 
 
@@ -398,4 +505,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["Attention", "Block", "Decoder", "Encoder", "MAEOutput", "MWMAE", "count_parameters",
-           "set_fused_attention", "sincos_1d", "sincos_2d"]
+           "set_fused_attention", "sincos_1d", "sincos_2d", "sincos_audiomae"]

@@ -1,7 +1,12 @@
-"""Decode audio once and store raw log-mels (T, 80) float32 .npy for `hear-mwmae pretrain`.
+"""Decode audio once and store raw spectrograms (T, n_mels) float32 .npy for `hear-mwmae pretrain`.
 
     python scripts/precompute_logmels.py data/audioset_wavs data/audioset_logmel
     hear-mwmae pretrain --recipe released --data data/audioset_logmel/manifest.txt --out runs/as
+    python scripts/precompute_logmels.py --recipe audiomae-base data/audioset_wavs data/audioset_fbank
+
+`--recipe` picks the frontend of that pre-training recipe (default `released`: MW-MAE's
+log-mel 80; the Audio-MAE recipes: Kaldi fbank 128). Recipes with `gain_aug` need audio
+files (the gain acts on the waveform): turn it off (`--set gain_aug=false`) to train on these.
 
 Reads anything `hear-mwmae pretrain --data` accepts (folders, manifests, files), mirrors
 the folder layout of each source, and writes `manifest.txt` listing the .npy files.
@@ -18,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hear_mwmae.config import FrontendConfig
-from hear_mwmae.frontend import LogMelFrontend
+from hear_mwmae.frontend import build_frontend
 from hear_mwmae.pretrain.data import find_files, load_audio
+from hear_mwmae.pretrain.recipes import RECIPES, get_recipe
 
 log = logging.getLogger("precompute_logmels")
 
@@ -29,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="folder, manifest or file")
     parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--recipe", default="released", choices=sorted(RECIPES), help="whose frontend to use")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    frontend = LogMelFrontend(FrontendConfig())
+    frontend = build_frontend(get_recipe(args.recipe).frontend)
     base = args.source if args.source.is_dir() else args.source.parent
     written, failed = [], 0
     for path in tqdm(find_files([args.source]), desc="log-mel"):
@@ -43,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             if audio.numel() == 0:
                 raise ValueError("no samples")
             with torch.no_grad():
-                mel = frontend.log_mel(audio[None])[0].numpy()  # (T, 80)
+                mel = frontend.log_mel(audio[None])[0].numpy()  # (T, n_mels), before normalisation
         except Exception as exc:  # any decoding failure: report and go on
             log.warning("skipping %s (%s: %s)", path, type(exc).__name__, exc)
             failed += 1

@@ -1,4 +1,4 @@
-"""Shared test helpers: the golden fixtures of the authors' release and converted checkpoints."""
+"""Shared test helpers: the authors' golden data (vendored in tests/golden) and converted checkpoints."""
 
 from __future__ import annotations
 
@@ -8,33 +8,44 @@ import numpy as np
 import pytest
 import torch
 
+import golden
+
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
-FIXTURE_NAMES = ["mwmae_tiny", "mae_cls_tiny", "mwmae_shift_tiny"]
-WAVES = ["wav0_chirp_noise_2s", "wav1_tones_noise_3p37s", "wav2_clicks_0p5s", "wav3_edge_200frames_1p99s"]
-
-
-def fixture_dir(name: str) -> Path:
-    path = FIXTURES / name
-    if not (path / "ckpt" / "config.json").exists():
-        pytest.skip(f"golden fixture {path} is absent (expected ../shared/fixtures beside the repo)")
-    return path
+FIXTURE_NAMES = list(golden.FLAX_FIXTURES)  # the MW-MAE (JAX release) fixtures
+AUDIOMAE_FIXTURE_NAMES = list(golden.AUDIOMAE_FIXTURES)
+WAVES = ["wav1_tones_noise_3p37s", "wav3_edge_200frames_1p99s"]  # MW-MAE clips: 2 chunks; exactly 1 chunk
 
 
 def load_npy(name: str, file: str) -> np.ndarray:
-    return np.load(fixture_dir(name) / file)
+    """A golden array of fixture `name` by its file name in ../shared/fixtures (".npy" optional)."""
+    return golden.array(name, file.removesuffix(".npy"))
 
 
 @pytest.fixture(scope="session")
-def converted():
+def fixture_checkpoint(tmp_path_factory):
+    """name -> the fixture's checkpoint rebuilt in the authors' layout (a Flax run directory, or an
+    Audio-MAE `.pth` file), written once per session. Treat it as read-only: copy it to modify it."""
+    root = tmp_path_factory.mktemp("golden_ckpt")
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = golden.write_checkpoint(name, root / name)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def converted(fixture_checkpoint):
     """name -> Converted (config, full state dict, provenance), converted once per session."""
-    from hear_mwmae.convert import convert_run_dir
+    from hear_mwmae.convert import convert_source
 
     cache: dict = {}
 
     def get(name: str):
         if name not in cache:
-            cache[name] = convert_run_dir(fixture_dir(name) / "ckpt")
+            cache[name] = convert_source(fixture_checkpoint(name))
         return cache[name]
 
     return get
@@ -55,6 +66,35 @@ def tiny_model(tiny_checkpoint):
     import hear_mwmae
 
     return hear_mwmae.load_model(str(tiny_checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and much faster on a busy machine. A module opts in
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_fused_and_reference_agree(module: torch.nn.Module, x: torch.Tensor) -> None:
+    """The SDPA path (`fused=True`) and the explicit reference path of an attention module give the
+    same output and the same gradients for x (B, N, C) and every parameter."""
+    outs, grads = [], []
+    x = x.detach().requires_grad_(True)
+    weights = torch.linspace(-1, 1, x.shape[-1])
+    for fused in (True, False):
+        module.fused = fused
+        out = module(x)
+        (out * weights).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in module.parameters()])
+        x.grad = None
+        module.zero_grad()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def max_abs(a, b) -> float:

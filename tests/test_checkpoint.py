@@ -13,7 +13,8 @@ from hear_mwmae.checkpoint import (CheckpointError, build_encoder, build_mwmae, 
                                    save_checkpoint)
 from hear_mwmae.files import sha256_file
 
-from conftest import fixture_dir
+from conftest import REPO
+
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
@@ -37,8 +38,30 @@ def test_round_trip(converted, tmp_path, suffix, encoder_only):
 
 def test_pt_file_loads_with_plain_weights_only_torch_load(tiny_checkpoint):
     obj = torch.load(tiny_checkpoint, weights_only=True)
-    assert obj["format"] == "hear-mwmae" and obj["format_version"] == 1
+    assert obj["format"] == "hear-mwmae" and obj["format_version"] == 2
     assert obj["config"]["model"]["embed_dim"] == 192
+    assert obj["config"]["model"]["family"] == "mwmae" and obj["config"]["frontend"]["kind"] == "logmel"
+
+
+def test_format_1_files_are_migrated(tiny_checkpoint, tmp_path):
+    """Format 1 (MW-MAE only) had no family / frontend kind: it loads as the same MW-MAE."""
+    obj = torch.load(tiny_checkpoint, weights_only=True)
+    old = dict(obj, format_version=1, config={
+        "model": {k: v for k, v in obj["config"]["model"].items() if k in V1_MODEL_KEYS},
+        "frontend": {k: v for k, v in obj["config"]["frontend"].items() if k != "kind"}})
+    torch.save(old, tmp_path / "v1.pt")
+    ckpt, new = load_checkpoint(tmp_path / "v1.pt"), load_checkpoint(tiny_checkpoint)
+    assert ckpt.config == new.config and ckpt.provenance["migrated_from_format"] == 1
+    demo = load_checkpoint(REPO / "weights" / "demo-tiny.pt")  # committed in format 1
+    assert demo.config.family == "mwmae" and demo.provenance.get("migrated_from_format") == 1
+    torch.save(dict(obj, format_version=3), tmp_path / "v3.pt")
+    with pytest.raises(CheckpointError, match="format_version 3 unsupported"):
+        load_checkpoint(tmp_path / "v3.pt")
+
+
+V1_MODEL_KEYS = {"img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "window_sizes",
+                 "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_window_sizes",
+                 "shifting_windows", "use_cls_token", "mask_ratio", "norm_pix_loss", "layer_norm_eps"}
 
 
 class Evil:
@@ -49,8 +72,10 @@ class Evil:
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "hear-mwmae", "payload": Evil()}, path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused") as err:
         load_checkpoint(path)
+    assert "posix.system" in str(err.value)  # names what was refused ...
+    assert "weights_only" not in str(err.value)  # ... and never suggests loading it unsafely
 
 
 def test_missing_file_says_how_to_get_weights(tmp_path):
@@ -58,7 +83,7 @@ def test_missing_file_says_how_to_get_weights(tmp_path):
         hear_mwmae.load_model(str(tmp_path / "base.pt"))
 
 
-def test_corrupt_and_foreign_files(tmp_path, tiny_checkpoint):
+def test_corrupt_and_foreign_files(tmp_path, tiny_checkpoint, fixture_checkpoint):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(tiny_checkpoint.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -68,7 +93,7 @@ def test_corrupt_and_foreign_files(tmp_path, tiny_checkpoint):
     with pytest.raises(CheckpointError, match="not a hear-mwmae checkpoint"):
         load_checkpoint(foreign)
     flax = tmp_path / "checkpoint_0"
-    shutil.copy(fixture_dir("mwmae_tiny") / "ckpt" / "checkpoint_0", flax)
+    shutil.copy(fixture_checkpoint("mwmae_tiny") / "checkpoint_0", flax)
     with pytest.raises(CheckpointError, match="hear-mwmae convert"):
         load_checkpoint(flax)
 
@@ -82,8 +107,8 @@ def test_weights_that_do_not_match_config_are_rejected(converted, tmp_path):
         build_encoder(load_checkpoint(path))
 
 
-def test_run_directory_is_converted_on_the_fly(converted, caplog):
-    ckpt = load_checkpoint(fixture_dir("mwmae_tiny") / "ckpt")
+def test_run_directory_is_converted_on_the_fly(converted, caplog, fixture_checkpoint):
+    ckpt = load_checkpoint(fixture_checkpoint("mwmae_tiny"))
     assert "convert once" in caplog.text
     assert torch.equal(ckpt.state_dict["encoder.pos_embed"], converted("mwmae_tiny").state_dict["encoder.pos_embed"])
 

@@ -12,14 +12,14 @@ from hear_mwmae.checkpoint import load_checkpoint
 from hear_mwmae.cli import main as cli_main
 from hear_mwmae.convert import ConversionError, config_from_release, convert_run_dir, flatten, read_flax_msgpack
 
-from conftest import FIXTURE_NAMES, fixture_dir
+from conftest import FIXTURE_NAMES
 
 
 @pytest.fixture()
-def run_dir(tmp_path):
+def run_dir(tmp_path, fixture_checkpoint):
     """A writable copy of the mwmae_tiny run directory."""
     dst = tmp_path / "run"
-    shutil.copytree(fixture_dir("mwmae_tiny") / "ckpt", dst)
+    shutil.copytree(fixture_checkpoint("mwmae_tiny"), dst)
     return dst
 
 
@@ -32,8 +32,8 @@ def write_config(run_dir, cfg: dict) -> None:
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
-def test_every_param_leaf_is_used_and_optimizer_state_skipped(name, converted):
-    state = read_flax_msgpack(fixture_dir(name) / "ckpt" / "checkpoint_0")
+def test_every_param_leaf_is_used_and_optimizer_state_skipped(name, converted, fixture_checkpoint):
+    state = read_flax_msgpack(fixture_checkpoint(name) / "checkpoint_0")
     params = flatten(state["params"])
     assert "opt_state" in state  # present in the file ...
     c = converted(name)

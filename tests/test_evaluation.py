@@ -272,3 +272,30 @@ def test_constraints_pin_the_toolchain_but_never_torch():
     names = {re.split(r"[<>=!~;\[ ]", ln)[0].lower() for ln in lines if ln}
     assert "torch" not in names  # install.sh adds the installed version at run time
     assert "setuptools<81" in lines
+
+
+def test_compare_puts_runs_of_both_families_side_by_side(tmp_path):
+    from evaluation import compare
+
+    esc, opera = "esc50-v2.0.0-full", "beijing_opera-v1.0-hear2021-full"
+    mw = report.summarize({esc: _results(esc, [0.80, 0.82]), opera: _results(opera, [0.95, 0.97])},
+                          {"grid": "fast", "checkpoint": "mw.pt", "seeds": [0, 1],
+                           "model": {"family": "mwmae", "embedding_size": 3840}})
+    am = report.summarize({esc: _results(esc, [0.70, 0.72]), "mine": _results("mine", [0.5])},
+                          {"grid": "fast", "checkpoint": "am.pt", "seeds": [0, 1],
+                           "model": {"family": "audiomae", "embedding_size": 6144}})
+    for name, summary in (("mw", mw), ("am", am)):
+        report.write_reports(summary, tmp_path / name)
+    assert compare.main([str(tmp_path / "am"), str(tmp_path / "mw" / "results.json"), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| task | audiomae am | mwmae mw | MW-MAE-B (paper) | MAE-B (paper) |" in md
+    assert "| ESC-50 | 71.0 ± 12.7 | 81.0 ± 12.7 | 81.2 ± 0.4 | 80.9 |" in md
+    assert "| Beijing Opera | - | 96.0 ± 12.7 | 96.0 ± 0.5 | 96.2 |" in md  # a task one run lacks
+    assert "| mine | 50.0 | - | - | - |" in md
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    assert data["runs"]["audiomae am"]["model"]["family"] == "audiomae"
+    assert compare.main([str(tmp_path / "am"), str(tmp_path / "nothing-here")]) == 2
+    with pytest.raises(ValueError, match="labels must differ"):
+        compare.compare([mw, am], ["x", "x"])
+    assert "family `audiomae`, 6144-d" in report.to_markdown(am)

@@ -1,7 +1,7 @@
 """End to end: convert the tiny fixture checkpoint, embed synthetic HEAR tasks with it through
 heareval, predict with the fast grid over two seeds, report; then resume after a crash.
 
-Needs heareval (bash evaluation/install.sh) and ../shared/fixtures; about 2 minutes on 2 cores.
+Needs heareval (bash evaluation/install.sh); about 2 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -16,19 +16,16 @@ pytest.importorskip("heareval.predictions.task_predictions", reason="heareval ab
 
 from evaluation import run, synthetic  # noqa: E402
 
-FIXTURE_RUN = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mwmae_tiny" / "ckpt"
 CHANCE = {"synth_scene_multiclass": 0.25, "synth_scene_kfold": 0.25}
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> dict[str, Path]:
-    if not (FIXTURE_RUN / "config.json").exists():
-        pytest.skip(f"fixture {FIXTURE_RUN} absent (expected ../shared/fixtures beside the repo)")
+def finished_run(tmp_path_factory, fixture_checkpoint) -> dict[str, Path]:
     from hear_mwmae.cli import main as hear_mwmae_cli
 
     root = tmp_path_factory.mktemp("e2e")
     model = root / "tiny.pt"
-    assert hear_mwmae_cli(["convert", str(FIXTURE_RUN), str(model), "--encoder-only"]) == 0
+    assert hear_mwmae_cli(["convert", str(fixture_checkpoint("mwmae_tiny")), str(model), "--encoder-only"]) == 0
     synthetic.make_tasks(root / "tasks", clips_per_split=16, seed=0)
     argv = ["--tasks-dir", str(root / "tasks"), "--model", str(model), "--grid", "fast", "--seeds", "2",
             "--out", str(root / "out"), "--device", "cpu"]

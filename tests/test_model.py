@@ -8,6 +8,8 @@ import torch
 from hear_mwmae.config import ENCODER_SIZES, MWMAEConfig, ModelConfig, model_config
 from hear_mwmae.model import MWMAE, Attention, count_parameters, set_fused_attention, sincos_2d
 
+from conftest import assert_fused_and_reference_agree
+
 
 def small_config(**kw) -> ModelConfig:
     base = dict(embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=8)
@@ -24,19 +26,7 @@ def test_sdpa_and_reference_attention_agree_forward_and_backward(windows, shift)
     attn = Attention(32, 8, windows, shift)
     for table in attn.relative_position_bias.values():
         torch.nn.init.normal_(table, std=1.0)
-    x = torch.randn(3, 250, 32, requires_grad=True)
-    outs, grads = [], []
-    for fused in (True, False):
-        attn.fused = fused
-        out = attn(x)
-        (out * torch.linspace(-1, 1, 32)).sum().backward()
-        outs.append(out.detach())
-        grads.append([x.grad.clone()] + [p.grad.clone() for p in attn.parameters()])
-        x.grad = None
-        attn.zero_grad()
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_fused_and_reference_agree(attn, torch.randn(3, 250, 32))
 
 
 @pytest.mark.parametrize("fused", [True, False])

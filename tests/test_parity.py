@@ -1,4 +1,8 @@
-"""Golden parity against the authors' JAX release (../shared/fixtures), for every fixture."""
+"""Golden parity against the authors' JAX release (vendored in tests/golden), for every MW-MAE fixture.
+
+The three fixtures share their input clips and their model input `decoder_input_x`, so the
+release's log-mel and patchify target are stored once (with mwmae_tiny).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from hear_mwmae.checkpoint import save_checkpoint
 from hear_mwmae.frontend import LogMelFrontend
 from hear_mwmae.model import MWMAE, set_fused_attention
 
-from conftest import FIXTURE_NAMES, WAVES, fixture_dir, load_npy, max_abs
+from conftest import FIXTURE_NAMES, WAVES, load_npy, max_abs
 
 LOGMEL_TOL = 2e-4  # float32 STFT rounding differs across CPUs / FFT libraries
 MODEL_TOL = 1e-5
@@ -52,7 +56,7 @@ def test_encoder_features_from_logmel(models, name, fused):
     model = models[name]
     set_fused_attention(model, fused)
     for wave in WAVES:
-        lms = torch.from_numpy(load_npy(name, f"{wave}.logmel_norm.npy"))[..., 0]
+        lms = torch.from_numpy(load_npy("mwmae_tiny", f"{wave}.logmel_norm.npy"))[..., 0]
         ref = load_npy(name, f"{wave}.timestamp_embeddings.npy")
         with torch.no_grad():
             feats = model.encoder.forward_features(lms[:, :200]) if lms.shape[1] >= 200 else None
@@ -76,7 +80,7 @@ def test_masked_encoder_decoder_and_loss(models, name, fused):
     assert max_abs(latent, load_npy(name, "decoder_latent.npy")) <= MODEL_TOL
     assert max_abs(out.pred, load_npy(name, "decoder_pred.npy")) <= MODEL_TOL
     assert max_abs(out.mask, load_npy(name, "decoder_mask.npy")) == 0.0
-    assert max_abs(model.patchify(x), load_npy(name, "decoder_target.npy")) == 0.0
+    assert max_abs(model.patchify(x), load_npy("mwmae_tiny", "decoder_target.npy")) == 0.0
     ref_loss = float(load_npy(name, "decoder_loss.npy"))
     assert abs(out.loss.item() - ref_loss) <= 1e-5 * abs(ref_loss)
 

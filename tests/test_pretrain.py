@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -29,13 +30,7 @@ TINY_MODEL = ModelConfig(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=3
                          decoder_num_heads=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -152,11 +147,12 @@ def test_load_audio_resamples_to_16k_and_mixes_to_mono(tmp_path):
 def test_crops_are_deterministic_normalised_windows(tmp_path, corpus):
     clips, _ = pdata.scan([corpus], FrontendConfig())
     ds = pdata.CropDataset(clips, FrontendConfig(), 200, 250, seed=3)
-    x, noise = ds[(0, 4)]
+    x, noise, skipped = ds[(0, 4)]
+    assert skipped == ()
     assert x.shape == (200, 80) and noise.shape == (250,) and x.dtype == noise.dtype == torch.float32
-    x2, noise2 = ds[(0, 4)]
+    x2, noise2, _ = ds[(0, 4)]
     assert torch.equal(x, x2) and torch.equal(noise, noise2)
-    x3, noise3 = ds[(1, 4)]
+    x3, noise3, _ = ds[(1, 4)]
     assert not torch.equal(noise, noise3)  # new masks every epoch...
     assert not torch.equal(noise, ds[(0, 5)][1])  # ...and for every sample
     # the crop is a window of the *whole clip's* normalised log-mel (release order)
@@ -191,7 +187,7 @@ def test_precomputed_logmels_give_the_same_crops_as_audio(tmp_path, corpus):
     assert clips[0].frames == clips[1].frames == 251
     from_wav, from_npy = (pdata.CropDataset([c], FrontendConfig(), 200, 250, seed=0) for c in clips)
     for epoch in range(3):
-        (a, noise_a), (b, noise_b) = from_wav[(epoch, 0)], from_npy[(epoch, 0)]
+        (a, noise_a, _), (b, noise_b, _) = from_wav[(epoch, 0)], from_npy[(epoch, 0)]
         assert torch.equal(noise_a, noise_b)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
@@ -262,6 +258,19 @@ def test_cli_pretrain_writes_a_run_that_exports_and_loads(tmp_path, corpus):
                                                                hear_mwmae.load_model(str(small), device="cpu")), emb)
 
 
+def test_cli_bad_arguments_are_one_line_errors_with_exit_code_2(tmp_path, corpus, caplog):
+    from hear_mwmae.cli import main
+
+    out = ["--data", str(corpus), "--out", str(tmp_path / "r")]
+    cases = {("--recipe", "nope"): "unknown recipe", ("--recipe", "cpu-small", "--set", "model.nope=1"): "model.nope",
+             ("--recipe", "cpu-small", "--batch-size", "64"): "fewer than one batch", (): "choose --recipe"}
+    for argv, message in cases.items():
+        caplog.clear()
+        assert main(["pretrain", *argv, *out]) == 2
+        assert any(message in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR), argv
+    assert not (tmp_path / "r").exists()  # nothing written for a run that cannot start
+
+
 def test_resume_continues_exactly(tmp_path, corpus):
     cfg = tiny_config(max_steps=6, checkpoint_every=5)  # crosses an epoch boundary (2 steps/epoch)
     straight = train(cfg, [corpus], tmp_path / "straight")
@@ -293,6 +302,50 @@ def test_resume_refuses_a_different_recipe_or_data(tmp_path, corpus):
     with pytest.raises(ValueError, match="data changed"):
         train(cfg, [corpus / "c0.wav", corpus / "c1.wav", corpus / "c2.wav", corpus / "c3.wav"],
               tmp_path / "r", resume=True)
+
+
+def test_damaged_files_are_listed_once_and_warned_once(tmp_path, corpus, caplog):
+    """NaN / Inf / truncated files that pass the header scan: replaced by the next clip, each
+    listed once in skipped_files.txt and warned about once, across DataLoader workers and resumes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        (data / f"c{i}.wav").write_bytes((corpus / f"c{i}.wav").read_bytes())
+    wave = make_clip(7, 0, duration=2.5).waveform.copy()
+    wave[1234] = np.nan
+    sf.write(data / "nan.wav", wave, 16000, subtype="FLOAT")
+    mel = np.zeros((251, 80), np.float32)
+    mel[7, 3] = np.inf
+    np.save(data / "inf.npy", mel)
+    sf.write(tmp_path / "full.wav", make_clip(7, 1, duration=3.0).waveform, 16000, subtype="PCM_16")
+    (data / "cut.wav").write_bytes((tmp_path / "full.wav").read_bytes()[:1000])  # header says 3 s
+    bad = {"nan.wav": "NaN or Inf", "inf.npy": "NaN or Inf", "cut.wav": "truncated"}
+
+    cfg = tiny_config(batch_size=3, max_steps=12, log_every=4, checkpoint_every=12)  # 3 steps/epoch, 4 epochs
+    caplog.set_level(logging.WARNING, logger="hear_mwmae")
+    result = train(dataclasses.replace(cfg, num_workers=2), [data], tmp_path / "straight")
+    assert result.step == 12 and math.isfinite(result.last_loss)
+
+    def listed(run: Path) -> dict[str, str]:
+        lines = (run / "skipped_files.txt").read_text().splitlines()
+        names = [Path(line.split("\t")[0]).name for line in lines]
+        assert len(names) == len(set(names)), lines  # each file once
+        return {Path(p).name: why for p, _, why in (line.partition("\t") for line in lines)}
+
+    def warned(name: str) -> int:
+        return sum(name in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+    found = listed(tmp_path / "straight")
+    assert set(found) == set(bad) and all(bad[n] in found[n] for n in bad), found
+    assert all(warned(n) == 1 for n in bad), [r.getMessage() for r in caplog.records]
+
+    caplog.clear()  # a run stopped and resumed lists and warns just the same, and trains the same
+    train(cfg, [data], tmp_path / "split", stop_at_step=5)
+    train(cfg, [data], tmp_path / "split", resume=True)
+    assert listed(tmp_path / "split") == found
+    assert all(warned(n) == 1 for n in bad)
+    a, b = params_of(tmp_path / "straight"), params_of(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, corpus):

@@ -1,4 +1,5 @@
-"""Two gloo processes under torchrun reach the parameters of one process with the same global batch."""
+"""Two gloo processes under torchrun reach the parameters of one process with the same global batch,
+for an MW-MAE and an Audio-MAE (Swin decoder, fbank, no decay on 1-D parameters) recipe."""
 
 from __future__ import annotations
 
@@ -19,13 +20,18 @@ from hear_mwmae.pretrain.state import load_train_state
 from hear_mwmae.pretrain.synth import make_clip
 from hear_mwmae.pretrain.trainer import train
 
-OVERRIDES = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32",
-             "model.decoder_depth=1", "batch_size=8", "max_steps=3", "warmup_epochs=0.5", "base_lr=0.05",
-             "log_every=1", "checkpoint_every=100", "num_workers=0"]
+COMMON = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32",
+          "batch_size=8", "max_steps=3", "warmup_epochs=0.5", "base_lr=0.05", "log_every=1",
+          "checkpoint_every=100", "num_workers=0"]
+RECIPES = {"cpu-small": COMMON + ["model.decoder_depth=1"],
+           "audiomae-cpu-small": COMMON + ["model.decoder_depth=2", "model.decoder_num_heads=2",
+                                           "fused_attention=false"]}
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_two_gloo_processes_match_one_process(tmp_path, recipe):
+    OVERRIDES = RECIPES[recipe]
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(16):  # 2 optimiser steps per epoch: the 3 steps cross an epoch boundary
@@ -35,7 +41,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "hear_mwmae.cli", "pretrain", "--recipe", "cpu-small", "--data", str(corpus),
+           "-m", "hear_mwmae.cli", "pretrain", "--recipe", recipe, "--data", str(corpus),
            "--out", str(tmp_path / "ddp"), "--device", "cpu", *[a for o in OVERRIDES for a in ("--set", o)]]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -43,14 +49,14 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(get_recipe("cpu-small", OVERRIDES), [corpus], tmp_path / "single", device="cpu")
+        train(get_recipe(recipe, OVERRIDES), [corpus], tmp_path / "single", device="cpu")
     finally:
         torch.set_num_threads(threads)
 
     ddp, single = load_train_state(tmp_path / "ddp"), load_train_state(tmp_path / "single")
     assert ddp["world_size"] == 2 and single["world_size"] == 1 and ddp["step"] == single["step"] == 3
     assert ddp["train_config"] == single["train_config"]
-    lr = get_recipe("cpu-small", OVERRIDES).peak_lr
+    lr = get_recipe(recipe, OVERRIDES).peak_lr
     for k, v in single["model"].items():
         a, b = ddp["model"][k], v
         if k.endswith("attn.qkv.bias"):
@@ -61,7 +67,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
     torch.manual_seed(0)  # the trainer's initialisation
-    fresh = hear_mwmae.model.MWMAE(get_recipe("cpu-small", OVERRIDES).model).state_dict()
+    fresh = hear_mwmae.model.MWMAE(get_recipe(recipe, OVERRIDES).model).state_dict()
     moved = single["model"]["encoder.blocks.0.mlp.fc1.weight"] - fresh["encoder.blocks.0.mlp.fc1.weight"]
     assert moved.abs().max() > 1e-3  # the comparison is not between two untrained models
     losses = [[r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl")] for run in ("ddp", "single")]

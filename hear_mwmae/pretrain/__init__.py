@@ -1,7 +1,7 @@
-"""Pre-training MW-MAE in PyTorch (`hear-mwmae pretrain`), on one machine or many.
+"""Pre-training MW-MAE and Audio-MAE in PyTorch (`hear-mwmae pretrain`), on one machine or many.
 
-    recipes.py      TrainConfig (frozen) and the named presets; lr schedule
-    data.py         audio / log-mel files -> random 2 s crops + per-sample mask noise
+    recipes.py      TrainConfig (frozen) and the named presets of both families; lr schedule
+    data.py         audio / precomputed spectrograms -> random crops + per-sample mask noise
     synth.py        deterministic synthetic sounds (demo data and probe tasks)
     trainer.py      the training loop (DDP under torchrun, accumulation, bf16 on GPU)
     state.py        training checkpoints (atomic) and RNG state

@@ -3,7 +3,10 @@
     hear-mwmae pretrain --recipe demo-tiny --data data/demo --out runs/demo
     hear-mwmae pretrain --out runs/demo --data data/demo --resume         # continue a run
     torchrun --nproc_per_node 8 -m hear_mwmae.cli pretrain --recipe released --data as.csv --out runs/as
+    torchrun --nnodes 8 --nproc_per_node 8 ... -m hear_mwmae.cli pretrain --recipe audiomae-base ...
+    hear-mwmae pretrain --recipe audiomae-cpu-small --set model.mask_2d=true --data data/demo10 --out runs/a
     hear-mwmae pretrain-export runs/demo weights/demo-tiny.pt
+    hear-mwmae pretrain --list-recipes
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ def _config(args: argparse.Namespace):
         return get_recipe(args.recipe, overrides)
     ckpt = Path(args.out or ".") / CHECKPOINT_NAME
     if not (args.resume and args.out is not None and ckpt.exists()):
-        raise SystemExit("hear-mwmae pretrain: choose --recipe (released, cpu-small, demo-tiny)")
+        raise ValueError(f"choose --recipe ({', '.join(_recipe_names())})")
     saved = TrainConfig.from_dict(load_train_state(ckpt)["train_config"])
     changed = {o.partition("=")[0].strip() for o in overrides} - RUNTIME_FIELDS
     if changed:
-        raise SystemExit(f"hear-mwmae pretrain: a resumed run keeps its recipe; cannot change {sorted(changed)}")
+        raise ValueError(f"a resumed run keeps its recipe; cannot change {sorted(changed)}")
     return apply_overrides(saved, overrides)
 
 
@@ -50,13 +53,17 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.list_recipes:
         from .recipes import RECIPES
 
+        width = max(map(len, RECIPES))
         for name, cfg in RECIPES.items():
-            sys.stdout.write(f"{name:<10} {cfg.summary()}\n")
+            sys.stdout.write(f"{name:<{width}}  {cfg.summary()}\n")
         sys.stdout.write("(full settings: hear-mwmae pretrain --recipe NAME --show-config)\n")
         return 0
     if not args.show_config and (args.out is None or not args.data):
-        raise SystemExit("hear-mwmae pretrain: --data and --out are required")
-    cfg = _config(args)
+        return _usage_error("--data and --out are required", args)
+    try:
+        cfg = _config(args)
+    except (ValueError, TypeError) as exc:  # unknown recipe or key, invalid value: one line, exit 2
+        return _usage_error(str(exc), args)
     if args.show_config:
         sys.stdout.write(cfg.to_json() + "\n")
         return 0
@@ -68,6 +75,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, args.data, args.out, resume=args.resume, stop_at_step=args.stop_at_step,
                        device=args.device, dist_info=info)
+    except ValueError as exc:  # unusable data, a resume with other settings or data: one line, exit 2
+        return _usage_error(str(exc), args)
     finally:
         distributed.shutdown(info)
     if info.is_main and result.step >= result.total_steps:
@@ -82,15 +91,29 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_error(message: str, args: argparse.Namespace) -> int:
+    """Log one line (the traceback too with -v) and return exit code 2."""
+    log.error("hear-mwmae pretrain: %s", message, exc_info=bool(getattr(args, "verbose", False)))
+    return 2
+
+
+def _recipe_names() -> list[str]:
+    from .recipes import RECIPES
+
+    return list(RECIPES)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `pretrain` and `pretrain-export` to the `hear-mwmae` command line."""
-    p = subparsers.add_parser("pretrain", help="pre-train an MW-MAE (one process, or many under torchrun)",
+    p = subparsers.add_parser("pretrain", help="pre-train an MW-MAE or Audio-MAE (one process, or many under torchrun)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", help="named preset: released, cpu-small, demo-tiny")
-    p.add_argument("--data", nargs="+", help="folders, manifests (.txt/.csv) or files: audio or .npy log-mels")
+    p.add_argument("--recipe", help=f"named preset: {', '.join(_recipe_names())}")
+    p.add_argument("--data", nargs="+",
+                   help="folders, manifests (.txt/.csv) or files: audio or .npy raw spectrograms of the frontend")
     p.add_argument("--out", type=Path, help="run directory (checkpoint, metrics, config)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set model.depth=6 --set warmup_epochs=1 (repeatable)")
+                   help="override a config field, e.g. --set model.depth=6 --set warmup_epochs=1 "
+                        "--set model.mask_2d=true --set model.decoder_kind=mwmha (repeatable)")
     p.add_argument("--batch-size", type=int, help="global batch per optimiser step")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="total optimiser steps (overrides epochs)")

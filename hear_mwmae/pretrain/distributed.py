@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -66,9 +67,18 @@ def mean_across(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every process's `obj` (picklable), in rank order; [obj] in a single process. A collective."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
 
-__all__ = ["DistInfo", "barrier", "current", "init_from_env", "mean_across", "shutdown"]
+__all__ = ["DistInfo", "barrier", "current", "gather_objects", "init_from_env", "mean_across", "shutdown"]

@@ -42,7 +42,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def plot_loss_curve(metrics_path: str | Path, out_path: str | Path, title: str = "MW-MAE pre-training") -> Path | None:
+def plot_loss_curve(metrics_path: str | Path, out_path: str | Path, title: str = "pre-training") -> Path | None:
     """Loss (log scale) and learning rate against optimiser step. None when nothing is logged."""
     import matplotlib
 

@@ -2,15 +2,21 @@
 
 Per optimiser step: set the scheduled lr, run `accum_steps` micro-batches (gradients are
 synchronised across processes only on the last one), clip (optional), AdamW step. Each
-micro-batch is (B, 200, 80) normalised log-mel crops plus per-sample masking noise
-(B, 250) from the dataset, so masks do not depend on the process layout.
+micro-batch is (B, T, F) normalised spectrogram crops ((B, 200, 80) log-mel for MW-MAE,
+(B, 1024, 128) fbank for Audio-MAE) plus per-sample masking noise (B, mask_noise_size)
+from the dataset, so masks do not depend on the process layout. Nothing here depends on
+the model family: the config decides the data, the masking, the loss and the optimiser's
+parameter groups.
 
 Run directory:
     train_config.json   the full TrainConfig        checkpoint.pt   latest training state
     metrics.jsonl       loss / lr / throughput       loss_curve.png  plot of metrics.jsonl
-    run.json            data and environment facts   skipped_files.txt  unreadable inputs
+    run.json            data and environment facts   skipped_files.txt  inputs not trained on
 Only global rank 0 writes it; on resume every process reads `checkpoint.pt`, so on several
-machines the run directory (and the data) must be on shared storage.
+machines the run directory (and the data) must be on shared storage. `skipped_files.txt`
+lists each unusable file once: those `scan` rejects at the start, and damaged ones found
+while training (NaN / Inf, truncated), gathered from every process at each metrics line
+and warned about once.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from tqdm import tqdm
 
 from ..model import MWMAE, set_fused_attention
 from . import distributed
-from .data import CropDataset, StepSampler, scan
+from .data import SKIPPED_NAME, CropDataset, SkippedFiles, StepSampler, collate, scan
 from .metrics import METRICS_NAME, PLOT_NAME, MetricsLog, plot_loss_curve
 from .recipes import TrainConfig, lr_at
 from .state import CHECKPOINT_NAME, load_train_state, restore_rng, save_train_state
@@ -60,31 +66,50 @@ def pick_device(device: str | None, info: distributed.DistInfo) -> torch.device:
     return torch.device(device)
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_1d: bool) -> list[dict]:
+    """AdamW parameter groups of the trained parameters (`requires_grad`; fixed position
+    embeddings are left out). `no_decay_1d`: biases and parameters with at most one
+    dimension get no weight decay (the Audio-MAE authors' timm `add_weight_decay` rule:
+    `ndim == 1 or name.endswith(".bias")`; their 3-D CLS and mask tokens are decayed).
+    Returns [{"params", "weight_decay"}, ...]: one group, or (no decay, decay)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not no_decay_1d:
+        return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
+    plain = [p for n, p in named if p.ndim <= 1 or n.endswith(".bias")]
+    decayed = [p for n, p in named if not (p.ndim <= 1 or n.endswith(".bias"))]
+    return [{"params": plain, "weight_decay": 0.0}, {"params": decayed, "weight_decay": weight_decay}]
+
+
 def build_model(cfg: TrainConfig, dev: torch.device) -> tuple[MWMAE, torch.optim.AdamW]:
     """Freshly initialised model (seeded by cfg.seed, so equal on every process) and its AdamW."""
     torch.manual_seed(cfg.seed)
     model = MWMAE(cfg.model)
     set_fused_attention(model, cfg.fused_attention if cfg.fused_attention is not None else dev.type == "cuda")
     model.to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.peak_lr, betas=cfg.betas, eps=cfg.adam_eps,
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.no_weight_decay_1d), lr=cfg.peak_lr,
+                            betas=cfg.betas, eps=cfg.adam_eps)
     return model, opt
 
 
-def optimizer_step(cfg: TrainConfig, model: MWMAE, net: torch.nn.Module, opt: torch.optim.Optimizer,
-                   batches: Iterator[tuple[torch.Tensor, torch.Tensor]], lr: float, dev: torch.device,
-                   ddp: bool) -> torch.Tensor:
-    """One optimiser step over `accum_steps` micro-batches; returns the mean loss (a 0-d tensor).
+Batch = tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]  # what `data.collate` returns
 
+
+def optimizer_step(cfg: TrainConfig, model: MWMAE, net: torch.nn.Module, opt: torch.optim.Optimizer,
+                   batches: Iterator[Batch], lr: float, dev: torch.device,
+                   ddp: bool) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+    """One optimiser step over `accum_steps` micro-batches.
+
+    Returns the mean loss (a 0-d tensor) and the damaged clips the batches reported.
     `net` is `model`, or its DDP wrapper (gradients are all-reduced on the last micro-batch only).
     """
     for group in opt.param_groups:
         group["lr"] = lr
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
     total = torch.zeros((), device=dev)
+    damaged: list[tuple[int, str]] = []
     for micro_step in range(cfg.accum_steps):
-        x, noise = next(batches)  # (B, 200, 80) crops, (B, 250) masking noise
+        x, noise, skipped = next(batches)  # (B, T, F) crops, (B, mask_noise_size) masking noise
+        damaged += skipped
         x, noise = x.to(dev, non_blocking=True), noise.to(dev, non_blocking=True)
         ids_keep, ids_restore, _ = model.random_masking(x.shape[0], dev, noise=noise)
         last = micro_step == cfg.accum_steps - 1
@@ -97,7 +122,7 @@ def optimizer_step(cfg: TrainConfig, model: MWMAE, net: torch.nn.Module, opt: to
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return total
+    return total, damaged
 
 
 def _check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
@@ -106,6 +131,23 @@ def _check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
     if diff:
         raise ValueError(f"the checkpoint was trained with different settings ({', '.join(diff)}); "
                          "resume with the run's own train_config.json (omit --recipe/--set)")
+
+
+def _record_damaged(found: dict[int, str], clips: list, skipped: SkippedFiles, info: distributed.DistInfo) -> None:
+    """Gather the damaged clips every process met; on rank 0 list the new ones and warn once each.
+
+    Called by every process at the same steps (a collective under DDP)."""
+    merged: dict[int, str] = {}
+    for part in distributed.gather_objects(sorted(found.items()), info):
+        merged.update(part)
+    if not info.is_main:
+        return
+    new = [i for i in sorted(merged) if skipped.add(clips[i].path, merged[i])]
+    for i in new:
+        log.warning("damaged file %s (%s): trained on the next clip in its place; listed in %s",
+                    clips[i].path, merged[i], skipped.path.name)
+    if new:
+        skipped.write()
 
 
 def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, *, resume: bool = False,
@@ -134,10 +176,21 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
         log.warning("no checkpoint in %s: starting a new run", run_dir)
 
     # data
-    clips, skipped = scan(sources, cfg.frontend)
+    clips, unreadable = scan(sources, cfg.frontend, warn=info.is_main)
     if not clips:
-        raise ValueError(f"no usable audio or log-mel files in {list(map(str, sources))}")
-    dataset = CropDataset(clips, cfg.frontend, cfg.crop_frames, cfg.model.num_patches, cfg.seed, cfg.cache_clips)
+        raise ValueError(f"no usable audio or precomputed feature files in {list(map(str, sources))}")
+    skipped = SkippedFiles(run_dir / SKIPPED_NAME)
+    for path, why in unreadable:
+        skipped.add(path, why)
+    index_of = {c.path: i for i, c in enumerate(clips)}
+    found_before = {}  # damaged files an earlier part of this run found while training: kept listed, not reread
+    if state is not None:
+        for path, why in SkippedFiles.read(skipped.path).items():
+            skipped.add(path, why)
+            if path in index_of:
+                found_before[index_of[path]] = why
+    dataset = CropDataset(clips, cfg.frontend, cfg.crop_frames, cfg.model.mask_noise_size, cfg.seed,
+                          cfg.cache_clips, pad=cfg.short_clip_pad, gain_aug=cfg.gain_aug, known_bad=found_before)
     steps_per_epoch = len(clips) // cfg.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{len(clips)} usable clips are fewer than one batch ({cfg.batch_size})")
@@ -153,8 +206,9 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "train_config.json").write_text(cfg.to_json() + "\n")
-        (run_dir / "skipped_files.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
-        facts = {**data_facts, "skipped_files": len(skipped), "total_steps": total, "warmup_steps": warmup,
+        skipped.write()
+        facts = {**data_facts, "family": cfg.model.family, "frontend": cfg.frontend.kind,
+                 "skipped_files": len(skipped.entries), "total_steps": total, "warmup_steps": warmup,
                  "world_size": info.world_size, "micro_batch": micro, "device": str(dev), "resumed_at": start,
                  "torch": torch.__version__, "python": platform.python_version()}
         (run_dir / "run.json").write_text(json.dumps(facts, indent=2) + "\n")
@@ -163,14 +217,13 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"])
         log.info("resuming %s at step %d of %d", run_dir, start, total)
     net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
         if info.enabled else model
 
     sampler = StepSampler(len(clips), cfg.batch_size, info.world_size, info.rank, cfg.accum_steps, cfg.seed,
                           start, stop)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate,
                         pin_memory=dev.type == "cuda", persistent_workers=False)
     metrics = MetricsLog(run_dir, resume_step=start if state is not None else None) if info.is_main else None
     ckpt_every = cfg.checkpoint_every or steps_per_epoch
@@ -184,17 +237,26 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
         log.warning("matplotlib is not installed (pip install 'hear-mwmae[train]'): no %s will be drawn", PLOT_NAME)
     step, last_loss, plotted = start, None, time.perf_counter()
     window_loss, window_steps, window_start = torch.zeros((), device=dev), 0, time.perf_counter()
-    batches = iter(loader)
+    damaged: dict[int, str] = {}  # found by this process since the last metrics line
+    batches = iter(loader)  # draws the loader's base seed from the global generator
+    if state is not None:
+        # Restored only now, so that the global generators (e.g. the Swin decoder's dropout)
+        # continue exactly where the checkpointed run left them, whatever setup drew before.
+        restore_rng(state["rng"])
     model.train()
     with tqdm(total=stop, initial=start, disable=not info.is_main, desc="pretrain", unit="step") as bar:
         while step < stop:
             lr = lr_at(step, cfg.peak_lr, warmup, total, cfg.min_lr)
-            window_loss += optimizer_step(cfg, model, net, opt, batches, lr, dev, info.enabled)
+            loss, found = optimizer_step(cfg, model, net, opt, batches, lr, dev, info.enabled)
+            window_loss += loss
+            damaged.update(found)
             step += 1
             window_steps += 1
             bar.update(1)
 
             if step % cfg.log_every == 0 or step == stop:
+                _record_damaged(damaged, clips, skipped, info)
+                damaged = {}
                 last_loss = distributed.mean_across(window_loss / window_steps, info).item()
                 if not math.isfinite(last_loss):
                     raise FloatingPointError(f"loss became {last_loss} at step {step}; lower the lr or enable grad_clip")
@@ -213,7 +275,8 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
                                      optimizer=opt.state_dict(), world_size=info.world_size, last_loss=last_loss,
                                      data=data_facts, seconds=earlier_s + time.perf_counter() - began)
                     if can_plot and (step == stop or time.perf_counter() - plotted > PLOT_INTERVAL_S):
-                        plot_loss_curve(run_dir / METRICS_NAME, run_dir / PLOT_NAME, title=f"MW-MAE {cfg.name}")
+                        plot_loss_curve(run_dir / METRICS_NAME, run_dir / PLOT_NAME,
+                                        title=f"{cfg.model.family} pre-training, recipe {cfg.name}")
                         plotted = time.perf_counter()
                 distributed.barrier(info)
 
@@ -223,4 +286,4 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
     return TrainResult(run_dir, step, total, last_loss, seconds)
 
 
-__all__ = ["TrainResult", "build_model", "optimizer_step", "pick_device", "train"]
+__all__ = ["TrainResult", "build_model", "optimizer_step", "param_groups", "pick_device", "train"]

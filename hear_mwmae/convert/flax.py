@@ -1,89 +1,68 @@
-"""Convert the authors' JAX/Flax run directories into our checkpoint format.
+"""Convert the MW-MAE authors' JAX/Flax run directories into our checkpoint format.
 
-A run directory holds `config.json` and `checkpoint_<step>` files (Flax legacy msgpack of
-the whole train state). We decode it with plain `msgpack` + numpy, read only `params`
-(optimizer state and buffers are skipped), map every leaf through an explicit name table,
-assert every shape, and load the result strictly into our model. No JAX, no Flax.
+A run directory holds `config.json` and `checkpoint_<step>` entries: legacy Flax msgpack
+files, or orbax checkpoint directories (flax 0.7.x's default; see `flax_files.py` for both
+layouts). We decode only `params` and `step` with plain `msgpack` + numpy (the optimizer
+state is skipped undecoded), turn every parameter into float32 (bfloat16 / float16 exactly,
+recording the stored dtypes in the provenance), map every leaf through an explicit name
+table, assert every shape, and load the result strictly into our model. No JAX, no Flax.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .config import ENCODER_SIZES, MWMAEConfig, ModelConfig
-from .files import sha256_file
-
-CONVERTER_VERSION = "1"
-
-_EXT_NDARRAY = 1  # flax.serialization: ndarray ext type
-_EXT_NPSCALAR = 3  # flax.serialization: numpy scalar ext type
-
-
-class ConversionError(ValueError):
-    """The run directory or checkpoint cannot be converted; the message says why."""
+from ..config import ENCODER_SIZES, MWMAEConfig, ModelConfig
+from .common import CONVERTER_VERSION, ConversionError, Converted
+from .flax_files import (FLAX_GDA_PLACEHOLDER, FLOAT_DTYPES, ORBAX_AGGREGATE_FILE, ORBAX_PLACEHOLDERS, RawArray,
+                         find_checkpoint, is_orbax_dir, join_chunks, leaves, materialize, orbax_aggregate_file,
+                         read_tree, resave_hint)
 
 
 # ----------------------------------------------------------------------------- reading
-def _ext_hook(code: int, data: bytes) -> Any:
-    import msgpack
-
-    if code == _EXT_NDARRAY:
-        shape, dtype, buffer = msgpack.unpackb(data, raw=False)
-        return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
-    if code == _EXT_NPSCALAR:
-        dtype, buffer = msgpack.unpackb(data, raw=False)
-        return np.frombuffer(buffer, dtype=np.dtype(dtype))[0]
-    return msgpack.ExtType(code, data)
-
-
-def read_flax_msgpack(path: Path) -> dict[str, Any]:
-    """Decode a Flax legacy msgpack checkpoint into nested dicts of numpy arrays."""
-    import msgpack
-
-    data = Path(path).read_bytes()
-    if not data:
-        raise ConversionError(f"{path}: file is empty")
-    try:
-        state = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ConversionError(
-            f"{path}: not a readable Flax msgpack checkpoint (truncated or corrupt?): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(state, dict):
-        raise ConversionError(f"{path}: expected a serialized train state (a map), got {type(state).__name__}")
-    return state
+def read_flax_msgpack(path: str | Path) -> dict[str, Any]:
+    """Decode a whole Flax msgpack file (legacy checkpoint or orbax aggregate file) into nested
+    dicts of numpy arrays (bfloat16 as float32). The converter itself decodes only `params`."""
+    return materialize(read_tree(path)[0])
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
     """Nested dict -> {'a/b/c': array}."""
+    return {k: np.asarray(materialize(v)) for k, v in leaves(tree, prefix).items()}
+
+
+def float32_params(params: dict[str, Any], where: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """The `params` tree -> ({'a/b': float32 array}, {stored dtype: [paths]} for non-float32 leaves).
+
+    bfloat16 and float16 widen to float32 exactly; float64 is rounded to float32. Arrays that
+    orbax or flax stored outside this file are refused with how to re-save them.
+    """
     flat: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "/"))
-        else:
-            flat[name] = np.asarray(value)
-    return flat
-
-
-def find_checkpoint(run_dir: Path) -> Path:
-    """Newest `checkpoint_<step>` (by step number) in a run directory."""
-    found = []
-    for p in Path(run_dir).iterdir():
-        m = re.fullmatch(r"checkpoint_(\d+)", p.name)
-        if m and p.is_file():
-            found.append((int(m.group(1)), p))
-    if not found:
-        raise ConversionError(f"{run_dir}: no checkpoint_<step> file in this run directory")
-    return max(found)[1]
+    dtypes: dict[str, list[str]] = {}
+    for name, leaf in leaves(params).items():
+        if isinstance(leaf, str) and leaf.startswith(ORBAX_PLACEHOLDERS):
+            raise ConversionError(resave_hint(where.parent if where.name == ORBAX_AGGREGATE_FILE else where))
+        if isinstance(leaf, str) and leaf.startswith(FLAX_GDA_PLACEHOLDER):
+            raise ConversionError(f"{where}: params/{name} was saved as a multi-process array in "
+                                  f"{where.name}_gda/ (tensorstore), which this converter cannot read; save the "
+                                  "train state from one host (jax.device_get) and convert that")
+        if not isinstance(leaf, (dict, RawArray)):
+            raise ConversionError(f"{where}: params/{name} is not an array ({type(leaf).__name__})")
+        try:
+            array, dtype = join_chunks(leaf) if isinstance(leaf, dict) else (leaf.decode(), leaf.dtype)
+        except ConversionError as exc:  # (a dict leaf is an array chunked because it is over 1 GiB)
+            raise ConversionError(f"{where}: params/{name}: {exc}") from exc
+        if dtype not in FLOAT_DTYPES:
+            raise ConversionError(f"{where}: params/{name} has dtype {dtype}; parameters must be floating point")
+        if dtype != "float32":
+            dtypes.setdefault(dtype, []).append(name)
+        flat[name] = array.astype(np.float32, copy=False)
+    return flat, {dtype: sorted(names) for dtype, names in sorted(dtypes.items())}
 
 
 # ----------------------------------------------------------------------------- config
@@ -210,7 +189,7 @@ def parameter_table(cfg: ModelConfig, naming: dict[str, bool]) -> list[tuple[str
 
 def convert_params(params: dict[str, np.ndarray], cfg: ModelConfig, naming: dict[str, bool]) -> dict[str, torch.Tensor]:
     """Flat Flax params -> our full state dict; every leaf used, every shape checked, strict load."""
-    from .model import MWMAE
+    from ..model import MWMAE
 
     with torch.device("meta"):
         expected = MWMAE(cfg).state_dict()
@@ -226,12 +205,12 @@ def convert_params(params: dict[str, np.ndarray], cfg: ModelConfig, naming: dict
     for flax_key, key, transform in table:
         if flax_key not in params:
             continue
-        value = np.ascontiguousarray(transform(params[flax_key]))
+        value = transform(params[flax_key])
         if tuple(value.shape) != tuple(expected[key].shape):
             problems.append(f"{flax_key}: shape {tuple(params[flax_key].shape)} gives {tuple(value.shape)}, "
                             f"config expects {tuple(expected[key].shape)} for {key}")
             continue
-        state[key] = torch.from_numpy(value.astype(np.float32, copy=True))
+        state[key] = torch.from_numpy(np.array(value, dtype=np.float32, order="C"))  # one copy, writable
     if problems:
         raise ConversionError("parameters do not match config.json:\n  " + "\n  ".join(problems))
     with torch.device("meta"):
@@ -241,34 +220,39 @@ def convert_params(params: dict[str, np.ndarray], cfg: ModelConfig, naming: dict
 
 
 # ----------------------------------------------------------------------------- entry point
-@dataclass(frozen=True)
-class Converted:
-    config: MWMAEConfig
-    state_dict: dict[str, torch.Tensor]
-    provenance: dict[str, Any]
+def _default_config(ckpt: Path) -> Path:
+    """config.json beside a checkpoint file or directory (beside its directory for orbax's
+    aggregate file `checkpoint_<step>/checkpoint`)."""
+    beside = ckpt.parent / "config.json"
+    if not beside.is_file() and ckpt.name == ORBAX_AGGREGATE_FILE and (ckpt.parent.parent / "config.json").is_file():
+        return ckpt.parent.parent / "config.json"
+    return beside
 
 
 def convert_run_dir(run_dir: str | Path, checkpoint: str | Path | None = None,
                     config_path: str | Path | None = None) -> Converted:
-    """Convert an authors' run directory (or a checkpoint file with `config_path`).
+    """Convert an authors' run directory, or one checkpoint in it.
 
-    `run_dir` may be the directory (config.json + newest checkpoint_<step>) or the
-    checkpoint file itself, in which case `config_path` (default: config.json beside it)
-    names the config.
+    `run_dir` may be the run directory (config.json + the newest `checkpoint_<step>`, a file or
+    an orbax directory), or a checkpoint itself (file or orbax directory), in which case
+    `config_path` (default: config.json beside it) names the config. `checkpoint` picks one
+    inside the run directory (a path, or a name in the run directory).
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise ConversionError(f"{run_dir}: no such file or directory")
-    if run_dir.is_file():
-        ckpt_file = run_dir
-        config_file = Path(config_path) if config_path else run_dir.parent / "config.json"
+    if run_dir.is_file() or is_orbax_dir(run_dir):
+        ckpt = run_dir
+        config_file = Path(config_path) if config_path else _default_config(ckpt)
     else:
-        ckpt_file = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)
+        ckpt = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)
+        if checkpoint and not ckpt.exists() and (run_dir / ckpt).exists():
+            ckpt = run_dir / ckpt
         config_file = Path(config_path) if config_path else run_dir / "config.json"
     if not config_file.is_file():
         raise ConversionError(f"{config_file}: config.json not found (pass --config FILE)")
-    if not ckpt_file.is_file():
-        raise ConversionError(f"{ckpt_file}: checkpoint file not found")
+    if not ckpt.exists():
+        raise ConversionError(f"{ckpt}: checkpoint file not found")
     try:
         release = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
@@ -277,17 +261,22 @@ def convert_run_dir(run_dir: str | Path, checkpoint: str | Path | None = None,
     sr = (release.get("audio_config") or {}).get("sample_rate", 16000)
     if sr != 16000:
         raise ConversionError(f"audio_config.sample_rate={sr}: only 16 kHz models are supported")
-    state = read_flax_msgpack(ckpt_file)
-    if "params" not in state or not isinstance(state["params"], dict):
-        raise ConversionError(f"{ckpt_file}: no 'params' tree in the checkpoint (keys: {sorted(state)[:10]})")
+    data_file = orbax_aggregate_file(ckpt) if ckpt.is_dir() else ckpt
+    state, sha256 = read_tree(data_file, only=("params", "step"))
+    if not isinstance(state.get("params"), dict):
+        raise ConversionError(f"{data_file}: no 'params' tree in the checkpoint (keys: {sorted(state)[:10]})")
+    params, source_dtypes = float32_params(state["params"], data_file)
     step = state.get("step")
-    converted = convert_params(flatten(state["params"]), cfg, naming)
+    step = int(step.decode().item()) if isinstance(step, RawArray) else step if isinstance(step, int) else None
+    converted = convert_params(params, cfg, naming)
     provenance = {
         "source": "mwmae-jax-official run directory",
-        "source_file": ckpt_file.name,
-        "source_sha256": sha256_file(ckpt_file),
+        "layout": "orbax" if ckpt.is_dir() else "flax-msgpack",  # an orbax checkpoint_<step>/, or one file
+        "source_file": str(data_file.relative_to(ckpt.parent)),
+        "source_sha256": sha256,
         "source_config": release,
-        "step": int(step) if step is not None else None,
+        "source_dtypes": source_dtypes,  # parameters stored other than float32 (converted to float32)
+        "step": step,
         "converter_version": CONVERTER_VERSION,
     }
     return Converted(MWMAEConfig(model=cfg), converted, provenance)
