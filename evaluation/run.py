@@ -22,7 +22,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hear_mwmae.files import sha256_file
+from hear_mwmae.files import sha256_file, try_lock
 
 from .grids import GRIDS, get_grid
 from .store import read_json
@@ -79,15 +79,11 @@ def resolve_model(model: Path) -> Path:
 
 def lock_out(out: Path) -> Any:
     """Hold OUT/.evaluation.lock (a `filelock.FileLock`) for the run; exit if another run holds it."""
-    from filelock import FileLock, Timeout
-
     out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out / LOCK_NAME))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = try_lock(out / LOCK_NAME)
+    if lock is None:
         raise SystemExit(f"another `python -m evaluation.run` is using {out} (lock {out / LOCK_NAME} is held); "
-                         "wait for it to finish, or pass another --out") from None
+                         "wait for it to finish, or pass another --out")
     return lock
 
 

@@ -46,6 +46,17 @@ AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
 
+def _check_spectrogram(cfg: Any, kind: str) -> None:
+    """What every frontend config must satisfy: its own kind, a window no longer than the FFT,
+    band edges inside [0, sample_rate / 2]."""
+    if cfg.kind != kind:
+        raise ValueError(f"{type(cfg).__name__}.kind must be {kind!r}, got {cfg.kind!r}")
+    if cfg.win_length > cfg.n_fft:
+        raise ValueError(f"win_length {cfg.win_length} > n_fft {cfg.n_fft}")
+    if not 0 <= cfg.f_min < cfg.f_max <= cfg.sample_rate / 2:
+        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got {cfg.f_min}, {cfg.f_max}")
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """MW-MAE's log-mel frontend (torchaudio MelSpectrogram semantics, per-clip normalisation).
@@ -65,12 +76,7 @@ class FrontendConfig:
     norm_eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        if self.win_length > self.n_fft:
-            raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
-        if self.kind != "logmel":
-            raise ValueError(f"FrontendConfig.kind must be 'logmel', got {self.kind!r}")
-        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
+        _check_spectrogram(self, "logmel")
 
     @property
     def first_frame_ms(self) -> float:
@@ -107,12 +113,7 @@ class FbankConfig:
     std_scale: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.kind != "kaldi_fbank":
-            raise ValueError(f"FbankConfig.kind must be 'kaldi_fbank', got {self.kind!r}")
-        if self.win_length > self.n_fft:
-            raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
-        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
+        _check_spectrogram(self, "kaldi_fbank")
         if self.std <= 0 or self.std_scale <= 0:
             raise ValueError("std and std_scale must be > 0")
 

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .files import atomic_write
+from .files import atomic_write, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -179,19 +179,14 @@ class FolderLock:
     """`OUT/.embed.lock` held for a whole run; a second process fails at once with a clear message."""
 
     def __init__(self, out_dir: Path) -> None:
-        from filelock import FileLock
-
         self.path = out_dir / LOCK_NAME
-        self.lock = FileLock(str(self.path))
+        self.lock: Any = None
 
     def __enter__(self) -> "FolderLock":
-        from filelock import Timeout
-
-        try:
-            self.lock.acquire(timeout=0)
-        except Timeout:
+        self.lock = try_lock(self.path)
+        if self.lock is None:
             raise EmbedFolderError(f"another `hear-mwmae embed` is writing to {self.path.parent} (lock {self.path} "
-                                   f"is held); wait for it to finish, or use another --out") from None
+                                   f"is held); wait for it to finish, or use another --out")
         return self
 
     def __exit__(self, *exc: Any) -> None:
