@@ -4,7 +4,9 @@
     hear-mwmae info CKPT
     hear-mwmae fetch NAME [--cache-dir DIR] [--force]   (the authors' released models; --list)
     hear-mwmae embed ...        (see `hear-mwmae embed --help`)
+    hear-mwmae tag ...          (see `hear-mwmae tag --help`: labels from a fine-tuned model)
     hear-mwmae pretrain ...     (see `hear-mwmae pretrain --help`)
+    hear-mwmae finetune ...     (see `hear-mwmae finetune --help`)
 """
 
 from __future__ import annotations
@@ -109,11 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the released models and whether they are cached")
     p.set_defaults(func=_fetch)
 
-    from . import analyze_cli, embed
+    from . import analyze_cli, embed, tag_cli
+    from .finetune import cli as finetune_cli
     from .pretrain import cli as pretrain_cli
 
     embed.register(sub)
+    tag_cli.register(sub)
     pretrain_cli.register(sub)
+    finetune_cli.register(sub)
     analyze_cli.register(sub)
     __import__("hear_mwmae.onnx_export", fromlist=["register"]).register(sub)  # hear-mwmae export-onnx
     return parser

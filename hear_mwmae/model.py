@@ -367,6 +367,29 @@ class Decoder(nn.Module):
         return x[:, 1:] if self.cls_through_blocks else x
 
 
+def masking_2d(noise: torch.Tensor, grid: tuple[int, int],
+               keep: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Audio-MAE's time x frequency token masking (pre-training and fine-tuning).
+
+    noise (B, grid_t + grid_f): uniform values, time rows first; the `keep` = (time rows,
+    frequency columns) with the smallest noise are kept. Returns ids_keep (B, kt * kf) with
+    the kept patches in ascending order (the authors' argsort(index + 999 * mask)), ids_restore
+    (B, L) and mask (B, L) float (1 = removed). (The authors' fine-tuning gathers the same
+    patches in noise order; attention and mean pooling do not depend on the order.)
+    """
+    (gt, gf), (kt, kf) = grid, keep
+    b, n = noise.shape[0], gt * gf
+
+    def kept(values: torch.Tensor, k: int) -> torch.Tensor:  # (B, m) -> (B, m) bool
+        chosen = torch.zeros_like(values, dtype=torch.bool)
+        return chosen.scatter_(1, torch.argsort(values, dim=1)[:, :k], True)
+
+    keep_grid = kept(noise[:, :gt], kt)[:, :, None] & kept(noise[:, gt:], kf)[:, None, :]  # (B, gt, gf)
+    mask = (~keep_grid).reshape(b, n).float()
+    order = torch.argsort(torch.arange(n, device=noise.device) + n * mask, dim=1)
+    return order[:, : kt * kf], torch.argsort(order, dim=1), mask
+
+
 class MAEOutput(NamedTuple):
     loss: torch.Tensor  # scalar
     pred: torch.Tensor  # (B, L, patch_dim)
@@ -462,18 +485,7 @@ class MWMAE(nn.Module):
 
     def _masking_2d(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Audio-MAE's time x frequency masking from noise (B, grid_t + grid_f); see random_masking."""
-        (gt, gf), (kt, kf) = self.cfg.grid_size, self.cfg.mask_2d_keep
-        b, n = noise.shape[0], gt * gf
-
-        def kept(values: torch.Tensor, k: int) -> torch.Tensor:  # (B, m) -> (B, m) bool
-            keep = torch.zeros_like(values, dtype=torch.bool)
-            return keep.scatter_(1, torch.argsort(values, dim=1)[:, :k], True)
-
-        keep = kept(noise[:, :gt], kt)[:, :, None] & kept(noise[:, gt:], kf)[:, None, :]  # (B, gt, gf)
-        mask = (~keep).reshape(b, n).float()
-        # kept patches first, each group in ascending order (the authors' argsort(index + 999 * mask))
-        order = torch.argsort(torch.arange(n, device=noise.device) + n * mask, dim=1)
-        return order[:, : kt * kf], torch.argsort(order, dim=1), mask
+        return masking_2d(noise, self.cfg.grid_size, self.cfg.mask_2d_keep)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error per patch, averaged over removed patches only."""
@@ -520,4 +532,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["Attention", "Block", "Decoder", "Encoder", "MAEOutput", "MWMAE", "count_parameters",
-           "set_drop_path", "set_fused_attention", "sincos_1d", "sincos_2d", "sincos_audiomae"]
+           "masking_2d", "set_drop_path", "set_fused_attention", "sincos_1d", "sincos_2d", "sincos_audiomae"]

@@ -13,7 +13,7 @@ files (counted, the first few named), a validation / test split with classes the
 split never has, an event (not scene) HEAR task, an empty split.
 
 Without a validation (or test) split, a deterministic share of the training clips is held
-out (`holdout`): every `holdout_every`-th clip of each class in a seeded order.
+out for each (`holdout`): every `holdout_every`-th clip of each class in a seeded order.
 """
 
 from __future__ import annotations
@@ -193,6 +193,11 @@ def _from_rows(splits: dict[str, list[tuple[Path, list[str]]]], vocab: Vocabular
     if vocab is None:
         names = sorted({lab for _, labels in splits["train"] for lab in labels})
         vocab = Vocabulary(tuple(names), (), f"labels of {where}")
+        for name, rows in splits.items():
+            unseen = sorted({lab for _, labels in rows for lab in labels} - set(names))
+            if unseen:
+                raise DataError(f"{where}: the {name} split has {len(unseen)} class(es) the training split never "
+                                f"has, e.g. {unseen[:5]}")
     index = {n: i for i, n in enumerate(vocab.names)}
     out = {name: _examples(rows, index, f"{where} ({name})") for name, rows in splits.items()}
     multi = any(len(e.labels) > 1 for rows in out.values() for e in rows)
@@ -264,12 +269,13 @@ def _check(data: LabelledData, seed: int, holdout_every: int) -> None:
         return
     if "train" not in data.splits:
         raise DataError(f"{data.source}: no training split")
-    for name in ("valid", "test"):
-        if name not in data.splits:
-            data.splits["train"], data.splits[name] = holdout(data.splits["train"], holdout_every, seed + len(name))
-            log.warning("%s: no %s split; holding out %d of the %d training clips for it (every %d-th of each "
-                        "class, seed %d)", data.source, name, len(data.splits[name]),
-                        len(data.splits[name]) + len(data.splits["train"]), holdout_every, seed)
+    missing = [name for name in ("valid", "test") if name not in data.splits]
+    if missing:
+        before = len(data.splits["train"])
+        data.splits.update(holdout(data.splits["train"], missing, holdout_every, seed))
+        log.warning("%s: no %s split; holding out %s of the %d training clips (every %d-th clip of each class in a "
+                    "seeded order, seed %d)", data.source, " / ".join(missing),
+                    " / ".join(str(len(data.splits[m])) for m in missing), before, holdout_every, seed)
     seen = {c for e in data.splits["train"] for c in e.labels}
     for name in ("valid", "test"):
         unseen = sorted({c for e in data.splits[name] for c in e.labels} - seen)
@@ -279,18 +285,23 @@ def _check(data: LabelledData, seed: int, holdout_every: int) -> None:
                             f"has, e.g. {names}")
 
 
-def holdout(rows: list[Example], every: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split off every `every`-th clip of each (first-label) class, in a seeded order: (kept, held out)."""
+def holdout(rows: list[Example], names: list[str], every: int, seed: int) -> dict[str, list[Example]]:
+    """Hold out split(s) `names` (one or two) from `rows`: in a seeded order, the clips at positions
+    0, every, 2 * every, ... of each (first-label) class go to names[0], those at every / 2 + k * every
+    to names[1]. Returns {"train": the rest, name: held out, ...}, each sorted by path."""
     order = np.random.default_rng(seed).permutation(len(rows))
     count: dict[int, int] = {}
-    keep, out = [], []
+    out: dict[str, list[Example]] = {"train": [], **{n: [] for n in names}}
     for i in order:
         cls = rows[i].labels[0]
-        count[cls] = count.get(cls, 0) + 1
-        (out if count[cls] % every == 0 else keep).append(rows[i])
-    if not out:
-        raise DataError(f"too few clips ({len(rows)}) to hold out a split; give it explicitly")
-    return sorted(keep, key=lambda e: str(e.path)), sorted(out, key=lambda e: str(e.path))
+        k = count.get(cls, 0)
+        count[cls] = k + 1
+        target = names[0] if k % every == 0 else names[1] if len(names) > 1 and k % every == every // 2 else "train"
+        out[target].append(rows[i])
+    for name in names:
+        if not out[name] or not out["train"]:
+            raise DataError(f"too few clips ({len(rows)}) to hold out a {name} split; give it explicitly")
+    return {k: sorted(v, key=lambda e: str(e.path)) for k, v in out.items()}
 
 
 __all__ = ["DataError", "Example", "LabelledData", "holdout", "load"]

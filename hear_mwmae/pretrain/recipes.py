@@ -234,8 +234,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Apply `key=value` overrides; `model.x` / `frontend.x` reach the nested configs."""
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply `key=value` overrides to a recipe (a `TrainConfig`, or any frozen config with
+    `to_dict` / `from_dict`, e.g. fine-tuning's); `model.x` / `frontend.x` reach nested configs."""
     data = cfg.to_dict()
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -250,7 +251,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         if leaf not in target or isinstance(target[leaf], dict):
             raise ValueError(f"unknown override key {key!r} (nested fields are set one by one: model.depth=6)")
         target[leaf] = _parse_value(raw.strip())
-    return TrainConfig.from_dict(data)
+    return type(cfg).from_dict(data)
 
 
 def get_recipe(name: str, overrides: list[str] | None = None) -> TrainConfig:
