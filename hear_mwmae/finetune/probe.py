@@ -29,7 +29,6 @@ from tqdm import tqdm
 import hear_mwmae
 
 from ..audio import AudioError, read_audio
-from ..checkpoint import CheckpointError
 from . import data as finetune_data
 
 log = logging.getLogger(__name__)
@@ -122,12 +121,11 @@ def linear_probe(model: str | Path | torch.nn.Module, task_dir: str | Path, *, d
     splits = _run_splits(task, fold)
     if not isinstance(model, torch.nn.Module):
         model = hear_mwmae.load_model(str(model), device=device)
-    examples = [e for name in ("train", "valid", "test") for e in splits[name]]
-    feats = torch.from_numpy(scene_embeddings(model, [e.path for e in examples])).double()
-    labels = torch.tensor([e.labels[0] for e in examples])
-    bounds = np.cumsum([0] + [len(splits[name]) for name in ("train", "valid", "test")])
-    (x_tr, x_va, x_te), (y_tr, y_va, y_te) = ([t[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-                                              for t in (feats, labels))
+    examples = [e for name in finetune_data.SPLITS for e in splits[name]]
+    feats = torch.from_numpy(scene_embeddings(model, [e.path for e in examples])).double()  # (n, D)
+    labels = torch.tensor([e.labels[0] for e in examples])  # (n,)
+    sizes = [len(splits[name]) for name in finetune_data.SPLITS]
+    (x_tr, x_va, x_te), (y_tr, y_va, y_te) = feats.split(sizes), labels.split(sizes)
     mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
     x_tr, x_va, x_te = ((x - mean) / std for x in (x_tr, x_va, x_te))
     n_classes = len(task.vocab)
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = linear_probe(args.model, args.task, device=args.device, seed=args.seed, fold=args.fold)
-    except (ValueError, CheckpointError, FetchError, OSError) as exc:  # DataError, AudioError: ValueErrors
+    except (ValueError, FetchError, OSError) as exc:  # DataError, AudioError, CheckpointError: ValueErrors
         log.error("%s", exc)
         return 2
     sys.stdout.write(json.dumps(result, indent=1) + "\n")
