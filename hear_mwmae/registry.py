@@ -12,7 +12,8 @@ Sources:
 - Audio-MAE (kind "audiomae-file"): the two files the README of
   github.com/facebookresearch/AudioMAE links under "Checkpoints" (Google Drive, one file
   each): the AS-2M pre-trained ViT-B (`pretrained.pth`, with its Swin decoder) and the
-  AS-2M fine-tuned one (`finetuned.pth`, encoder and classifier; HEAR uses its last block).
+  AS-2M fine-tuned one (`finetuned.pth`, encoder and AudioSet classifier: `tag` uses both,
+  HEAR the last block).
 
 Cache: `cache_dir()` = the argument, else $HEAR_MWMAE_CACHE, else
 $XDG_CACHE_HOME/hear-mwmae, else ~/.cache/hear-mwmae. A fetched model is two files:
@@ -131,8 +132,8 @@ MODELS: dict[str, ReleasedModel] = {m.name: m for m in (
         name="audiomae-base-as2m-ft", title="Audio-MAE ViT-B, AS-2M pre-trained + fine-tuned on AS-2M",
         kind="audiomae-file", drive_file_id="18EsFOyZYvBYHkJ7_n7JFFWbj6crz01gq", file_name="finetuned.pth",
         expected={**_AUDIOMAE_B, "final_norm": False},
-        notes="the fine-tuned encoder (its classifier is not used): the last block's tokens, no final norm; "
-              "6144-d embeddings per 160 ms"),
+        notes="the fine-tuned encoder and its classifier of AudioSet's 527 classes (hear-mwmae tag); HEAR "
+              "embeddings: the last block's tokens, no final norm, 6144-d per 160 ms"),
 )}
 DEFAULT = "mwmae-base-4x16-4l"
 
