@@ -25,7 +25,7 @@ from hear_mwmae.finetune.trainer import finetune
 from hear_mwmae.pretrain.metrics import read_metrics
 from hear_mwmae.pretrain.state import load_train_state
 
-from conftest import REPO
+from conftest import REPO, child_env
 
 DEMO = str(REPO / "weights" / "demo-tiny.pt")
 FAST = ["batch_size=4", "epochs=2", "warmup_epochs=0.5", "num_workers=0", "log_every=1", "mixup=0.5",
@@ -91,7 +91,7 @@ def test_resume_after_a_stop_gives_a_bitwise_equal_model(tasks, reference, tmp_p
 
 
 def test_kill_dash_9_mid_run_then_resume_gives_the_same_model(tasks, reference, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     threads = ["--threads", str(torch.get_num_threads())]  # as the reference run: the same float sums
     args = [sys.executable, "-m", "hear_mwmae.cli", "finetune", "--model", DEMO, "--task",
             str(tasks["synth_scene_multiclass"]), "--out", str(tmp_path), "--recipe", "cpu-small", "--device", "cpu",

@@ -5,23 +5,20 @@ same metrics (each process scores half of the validation and test clips)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
-import hear_mwmae
 from evaluation.synthetic import make_tasks
 from hear_mwmae.checkpoint import load_checkpoint
 from hear_mwmae.finetune.recipes import get_recipe
 from hear_mwmae.finetune.trainer import finetune
 from hear_mwmae.pretrain.metrics import read_metrics
 
-from conftest import REPO
+from conftest import REPO, child_env
 
 OVERRIDES = ["batch_size=8", "epochs=2", "warmup_epochs=0.5", "base_lr=0.05", "num_workers=0", "log_every=1",
              "mixup=0.5"]
@@ -31,9 +28,7 @@ OVERRIDES = ["batch_size=8", "epochs=2", "warmup_epochs=0.5", "base_lr=0.05", "n
 def test_two_gloo_processes_match_one_process(tmp_path):
     (task,) = [t for t in make_tasks(tmp_path / "tasks", clips_per_split=16) if t.name == "synth_scene_multiclass"]
     demo = str(REPO / "weights" / "demo-tiny.pt")
-    root = str(Path(hear_mwmae.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "hear_mwmae.cli", "finetune", "--recipe", "cpu-small", "--model", demo, "--task", str(task),
            "--out", str(tmp_path / "ddp"), "--device", "cpu", *[a for o in OVERRIDES for a in ("--set", o)]]

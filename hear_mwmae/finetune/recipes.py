@@ -16,20 +16,18 @@ authors released no fine-tuning). `--set key=value` overrides a field
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import POOLINGS
-from ..pretrain.recipes import apply_overrides
+from ..pretrain.recipes import RUNTIME_FIELDS, RecipeBase, apply_overrides
 
-RUNTIME_FIELDS = frozenset({"num_workers", "log_every", "checkpoint_every", "cache_clips", "fused_attention"})
 AMP = ("fp32", "bf16", "fp16")  # mixed precision on CUDA (ignored on the CPU)
 ESC50_STATS = (-6.6268077, 5.358466)  # the authors' fbank statistics of ESC-50 (main_finetune_as.py L250-251)
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(RecipeBase):
     """A fine-tuning run. `batch_size` is global (all processes and accumulation steps);
     peak lr = base_lr x batch_size / 256 (the authors' `blr`).
 
@@ -121,24 +119,8 @@ class FinetuneConfig:
             raise ValueError("give both norm_mean and norm_std (> 0), or neither")
 
     @property
-    def peak_lr(self) -> float:
-        return self.base_lr * self.batch_size / 256
-
-    @property
     def masking(self) -> bool:
         return self.mask_t_prob > 0 or self.mask_f_prob > 0
-
-    def micro_batch(self, world_size: int) -> int:
-        per_step = world_size * self.accum_steps
-        if self.batch_size % per_step:
-            raise ValueError(f"batch_size {self.batch_size} not divisible by world_size x accum_steps = {per_step}")
-        return self.batch_size // per_step
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        return self.max_steps if self.max_steps > 0 else self.epochs * steps_per_epoch
-
-    def warmup_steps(self, steps_per_epoch: int) -> int:
-        return min(round(self.warmup_epochs * steps_per_epoch), self.total_steps(steps_per_epoch))
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -152,13 +134,6 @@ class FinetuneConfig:
         if unknown:
             raise ValueError(f"unknown FinetuneConfig keys: {sorted(unknown)}")
         return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def result_fields(self) -> dict[str, Any]:
-        """Everything except RUNTIME_FIELDS: what must match when a run is resumed."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
     def summary(self) -> str:
         length = f"{self.max_steps} steps" if self.max_steps > 0 else f"{self.epochs} epochs"

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -163,12 +162,7 @@ def _run_split(cfg: FinetuneConfig, ckpt: Checkpoint, base: dict[str, Any], data
         return FinetuneResult(run_dir, start, total, json.loads((run_dir / RESULTS_NAME).read_text()))
     stop = total if stop_at_step is None else min(stop_at_step, total)
     extra = dict(state.get("extra") or {}) if state is not None else {}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        log.info("resuming %s at step %d of %d", run_dir, start, total)
-    net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
-        if info.enabled else model
+    net = loop.restore_and_wrap(model, opt, state, dev, info)
 
     skipped = SkippedFiles(run_dir / SKIPPED_NAME)
     if state is not None:

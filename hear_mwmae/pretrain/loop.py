@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
@@ -79,6 +80,19 @@ def optimizer_step(net: torch.nn.Module, opt: torch.optim.Optimizer, batches: It
         opt.step()
     opt.zero_grad(set_to_none=True)
     return total, damaged
+
+
+def restore_and_wrap(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any] | None,
+                     dev: torch.device, info: distributed.DistInfo) -> torch.nn.Module:
+    """Load a training state's model and optimiser (when resuming); the module to train through:
+    the model, or its DistributedDataParallel wrapper under torchrun."""
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        log.info("resuming at step %d", int(state["step"]))
+    if not info.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def record_damaged(found: dict[int, str], paths: list, skipped: SkippedFiles, info: distributed.DistInfo) -> None:
@@ -168,4 +182,5 @@ def run_steps(sched: Schedule, net: torch.nn.Module, opt: torch.optim.Optimizer,
     return step, last_loss
 
 
-__all__ = ["LossFn", "Schedule", "autocast", "optimizer_step", "record_damaged", "run_steps", "set_lr"]
+__all__ = ["LossFn", "Schedule", "autocast", "optimizer_step", "record_damaged", "restore_and_wrap", "run_steps",
+           "set_lr"]

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..model import MWMAE, set_fused_attention
@@ -191,12 +190,7 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
         (run_dir / "run.json").write_text(json.dumps(facts, indent=2) + "\n")
 
     model, opt = build_model(cfg, dev)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        log.info("resuming %s at step %d of %d", run_dir, start, total)
-    net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
-        if info.enabled else model
+    net = loop.restore_and_wrap(model, opt, state, dev, info)
 
     sampler = StepSampler(len(clips), cfg.batch_size, info.world_size, info.rank, cfg.accum_steps, cfg.seed,
                           start, stop)
