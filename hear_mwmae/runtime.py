@@ -275,8 +275,8 @@ class MWMAERuntime(nn.Module):
                 yield i, fn(part).float()
 
     def _chunk_logits(self, chunks: torch.Tensor) -> torch.Tensor:
-        """(m, chunk, F) -> (m, num_classes): the classifier on each chunk's tokens."""
-        return self.classifier(self.encoder.forward_tokens(chunks))
+        """(m, chunk, F) -> (m, num_classes): the classifier (float32) on each chunk's tokens."""
+        return self.classifier(self.encoder.forward_tokens(chunks).float())
 
     @torch.inference_mode()
     def logits(self, audio: torch.Tensor, per_chunk: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
