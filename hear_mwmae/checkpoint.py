@@ -29,7 +29,7 @@ import torch
 
 from . import registry
 from .config import MWMAEConfig
-from .files import atomic_write, sha256_file
+from .files import atomic_write, describe_magic, safe_reason, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -191,20 +191,25 @@ def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _from_payload(obj: Any, where: str) -> Checkpoint:
+    """A loaded payload -> Checkpoint, every part checked before anything is built from it:
+    the config's values (`validate`), then the state dict's tensors, names and shapes against
+    the config and their finiteness (`state_checks`)."""
+    from .payload_checks import checked_payload, format_version_ok
+
     if isinstance(obj, dict) and obj.get("format") == "hear-mwmae-train":
         raise CheckpointError(f"{where}: a pre-training state (hear-mwmae pretrain), not a model checkpoint; "
                               + PRETRAIN_HINT.format(run=Path(where).parent))
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{where}: not a hear-mwmae checkpoint (no format={FORMAT!r} marker)")
-    obj = migrate(obj, where)
+    if not format_version_ok(obj.get("format_version", -1)):
+        raise CheckpointError(f"{where}: format_version is not an integer")
     try:
-        config = MWMAEConfig.from_dict(obj["config"])
-        state = obj["state_dict"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: malformed checkpoint: {exc}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{where}: state_dict is not a dict of tensors")
-    return Checkpoint(config, state, bool(obj.get("encoder_only", False)), dict(obj.get("provenance") or {}))
+        config, state, encoder_only, provenance = checked_payload(migrate(obj, where))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
+    return Checkpoint(config, state, encoder_only, provenance)
 
 
 def _load_safetensors(path: Path) -> Checkpoint:
@@ -213,14 +218,16 @@ def _load_safetensors(path: Path) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-        payload = {"format": meta.get("format"), "format_version": meta.get("format_version", -1),
-                   "config": json.loads(meta["config"]), "encoder_only": json.loads(meta.get("encoder_only", "false")),
-                   "provenance": json.loads(meta.get("provenance", "{}")), "state_dict": state}
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: safetensors file without hear-mwmae metadata ({exc})") from exc
+            payload = {"format": meta.get("format"), "format_version": meta.get("format_version", -1),
+                       "config": json.loads(meta["config"]),
+                       "encoder_only": json.loads(meta.get("encoder_only", "false")),
+                       "provenance": json.loads(meta.get("provenance", "{}"))}
+            payload["state_dict"] = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: safetensors file without valid hear-mwmae metadata "
+                              f"({type(exc).__name__}: {safe_reason(exc)})") from exc
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file: {exc}") from exc
+        raise CheckpointError(f"{path}: unreadable safetensors file: {safe_reason(exc).split(':')[0]}") from exc
     return _from_payload(payload, str(path))
 
 
@@ -271,7 +278,7 @@ def load_checkpoint(ref: str | Path, sha256: str | None = None) -> Checkpoint:
     if kind == "unknown":
         head = _head(path)
         raise CheckpointError(f"{path}: not a model checkpoint: neither a torch file, a safetensors file nor an "
-                              f"authors' Flax msgpack checkpoint ({f'it starts with bytes {head!r}' if head else 'empty'})")
+                              f"authors' Flax msgpack checkpoint ({describe_magic(head)})")
     if kind == "msgpack":
         raise CheckpointError(f"{path}: looks like an authors' Flax msgpack checkpoint; convert it with "
                               f"`hear-mwmae convert RUN_DIR OUT.pt` (or pass the run directory)")
@@ -321,10 +328,23 @@ def from_converted(source: Path) -> Checkpoint:
     return Checkpoint(converted.config, converted.state_dict, converted.encoder_only, converted.provenance)
 
 
+def _check_parts(ckpt: Checkpoint, parts: tuple[str, ...]) -> None:
+    """The checkpoint's weights of `parts` have the config's names and shapes (before a module
+    of those parts is built; `load_checkpoint` checked this already, a hand-made one may not be)."""
+    from .state_checks import WeightsError, check_against_config, part_of
+
+    try:
+        check_against_config(ckpt.config, part_of(ckpt.state_dict, parts), parts)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 def build_encoder(ckpt: Checkpoint) -> torch.nn.Module:
-    """The frozen-config encoder with the checkpoint's weights, strictly loaded, in eval mode."""
+    """The frozen-config encoder with the checkpoint's weights, strictly loaded, in eval mode.
+    The weights' names and shapes are checked against the config before the module is built."""
     from .model import Encoder
 
+    _check_parts(ckpt, ("encoder",))
     encoder = Encoder(ckpt.config.model)
     try:
         encoder.load_state_dict(ckpt.encoder_state_dict(), strict=True)
@@ -340,6 +360,7 @@ def build_classifier(ckpt: Checkpoint) -> torch.nn.Module:
 
     if ckpt.config.head is None:
         raise NoClassifierError(NO_HEAD)
+    _check_parts(ckpt, ("classifier",))
     head = Classifier(ckpt.config.model, ckpt.config.head)
     try:
         head.load_state_dict(ckpt.classifier_state_dict(), strict=True)
@@ -354,11 +375,13 @@ NO_HEAD = ("this model has no classifier head (it is an encoder for embeddings):
 
 
 def build_mwmae(ckpt: Checkpoint) -> torch.nn.Module:
-    """The full masked autoencoder (needs a checkpoint that is not encoder-only)."""
+    """The full masked autoencoder (needs a checkpoint that is not encoder-only); names and
+    shapes are checked against the config before the module is built."""
     from .model import MWMAE
 
     if ckpt.encoder_only:
         raise CheckpointError("this checkpoint is encoder-only; the decoder is needed for pre-training")
+    _check_parts(ckpt, ("encoder", "decoder"))
     model = MWMAE(ckpt.config.model)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)

@@ -48,13 +48,20 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .state_checks import WeightsError, check_state_dict, stored_parts
 
     ckpt = load_checkpoint(args.checkpoint)
+    try:  # whatever the source (our file, a converted one, the Hub): the weights against the config
+        check_state_dict(ckpt.config, ckpt.state_dict, stored_parts(ckpt.config, ckpt.encoder_only))
+    except WeightsError as exc:
+        raise CheckpointError(f"{args.checkpoint}: {exc}") from exc
     prov = {k: v for k, v in ckpt.provenance.items() if k != "source_config"}
     print(json.dumps({"config": ckpt.config.to_dict(), "encoder_only": ckpt.encoder_only,
                       "parameters": sum(v.numel() for v in ckpt.state_dict.values()),
-                      "embedding_size": ckpt.config.model.embedding_size, "provenance": prov}, indent=2))
+                      "embedding_size": ckpt.config.model.embedding_size,
+                      "weights": "checked: names and shapes match the config, every element stored, all finite",
+                      "provenance": prov}, indent=2))
     return 0
 
 

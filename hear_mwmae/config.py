@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from . import validate
+
 # Encoder sizes of the release: name -> (embed_dim, depth, num_heads).
 ENCODER_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (192, 12, 3),
@@ -48,8 +50,9 @@ AUDIOSET_STD = 4.5689974
 
 
 def _check_spectrogram(cfg: Any, kind: str) -> None:
-    """What every frontend config must satisfy: its own kind, a window no longer than the FFT,
-    band edges inside [0, sample_rate / 2]."""
+    """What every frontend config must satisfy: each value's type and range (`validate`), its own
+    kind, a window no longer than the FFT, band edges inside [0, sample_rate / 2]."""
+    validate.normalise(cfg, validate.frontend_fields(cfg))
     if cfg.kind != kind:
         raise ValueError(f"{type(cfg).__name__}.kind must be {kind!r}, got {cfg.kind!r}")
     if cfg.win_length > cfg.n_fft:
@@ -133,17 +136,15 @@ def _as_head_windows(value: Any, num_heads: int, what: str) -> tuple[int, ...]:
 
     Returns () for "plain multi-head attention" (the release's `0`), else one int per head.
     """
-    if value is None or (isinstance(value, int) and value == 0):
+    if value is None or (validate.is_int(value) and value == 0):
         return ()
-    if isinstance(value, int):
+    if validate.is_int(value):
         value = [value] * num_heads
-    windows = tuple(int(w) for w in value)
+    windows = validate.int_sequence(value, what, 0, validate.MAX_TOKENS, max_length=validate.MAX_HEADS)
     if len(windows) == 0:
         return ()
     if len(windows) != num_heads:
         raise ValueError(f"{what}: {len(windows)} window sizes for {num_heads} heads")
-    if any(w < 0 for w in windows):
-        raise ValueError(f"{what}: window sizes must be >= 0, got {list(windows)}")
     return windows
 
 
@@ -196,10 +197,9 @@ class ModelConfig:
     final_norm: bool = True
 
     def __post_init__(self) -> None:
-        # Accept lists (from JSON) and the release's int shorthand; store tuples.
-        object.__setattr__(self, "img_size", tuple(int(v) for v in self.img_size))
-        object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
-        object.__setattr__(self, "decoder_window", tuple(int(v) for v in self.decoder_window))
+        # Every value's type and range first (`validate`: bounds in docs/security.md); lists (from
+        # JSON) and the release's int shorthand for windows are accepted, tuples stored.
+        validate.normalise(self, validate.model_fields(self))
         for name, value, allowed in (("family", self.family, FAMILIES), ("gelu", self.gelu, GELUS),
                                      ("decoder_kind", self.decoder_kind, DECODER_KINDS)):
             if value not in allowed:
@@ -212,9 +212,6 @@ class ModelConfig:
             "decoder_window_sizes",
             _as_head_windows(self.decoder_window_sizes, self.decoder_num_heads, "decoder_window_sizes"),
         )
-        (h, w), (ph, pw) = self.img_size, self.patch_size
-        if h % ph or w % pw:
-            raise ValueError(f"patch_size {self.patch_size} does not divide img_size {self.img_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
         if self.decoder_embed_dim % self.decoder_num_heads:
@@ -224,6 +221,7 @@ class ModelConfig:
             )
         if self.use_cls_token and (self.window_sizes or self.decoder_window_sizes):
             raise ValueError("the CLS-token MAE variant takes no window sizes (as in the release)")
+        validate.model_consistency(self)
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if not (0.0 <= self.mask_t_prob < 1.0 and 0.0 <= self.mask_f_prob < 1.0):
@@ -310,10 +308,7 @@ class HeadConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", tuple(self.labels))
-        object.__setattr__(self, "label_ids", tuple(self.label_ids))
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"head num_classes must be an int >= 1, got {self.num_classes!r}")
+        validate.normalise(self, validate.head_fields(self))  # types and ranges (docs/security.md)
         if len(self.labels) != self.num_classes:
             raise ValueError(f"head has {self.num_classes} classes but {len(self.labels)} label names")
         if self.label_ids and len(self.label_ids) != self.num_classes:
@@ -345,6 +340,8 @@ class MWMAEConfig:
     head: HeadConfig | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise TypeError(f"model must be a ModelConfig, got {type(self.model).__name__}")
         if not isinstance(self.frontend, (FrontendConfig, FbankConfig)):
             raise TypeError(f"frontend must be a FrontendConfig or FbankConfig, got {type(self.frontend).__name__}")
         if self.head is not None and not isinstance(self.head, HeadConfig):
@@ -393,24 +390,25 @@ class MWMAEConfig:
     def from_dict(cls, data: dict[str, Any]) -> "MWMAEConfig":
         """Inverse of `to_dict`. A frontend without `kind` is the log-mel one (format 1)."""
         if not isinstance(data, dict) or set(data) - {"model", "frontend", "head"}:
-            raise ValueError(f"config must be a dict with keys 'model', 'frontend' (and 'head'), got {data!r:.200}")
-        frontend = dict(data.get("frontend", {}))
+            found = validate.names(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"config must be a dict with keys 'model', 'frontend' (and 'head'), got {found}")
+        frontend = validate.as_dict(data.get("frontend", {}), "config frontend")
         kind = frontend.get("kind", "logmel")
-        if kind not in FRONTEND_CONFIGS:
-            raise ValueError(f"unknown frontend kind {kind!r}; known: {sorted(FRONTEND_CONFIGS)}")
+        if not isinstance(kind, str) or kind not in FRONTEND_CONFIGS:
+            raise ValueError(f"unknown frontend kind {validate.brief(kind)}; known: {sorted(FRONTEND_CONFIGS)}")
         head = data.get("head")
         if head is not None and not isinstance(head, dict):
             raise ValueError(f"config head must be a dict or null, got {type(head).__name__}")
-        return cls(model=_build(ModelConfig, data.get("model", {})),
+        return cls(model=_build(ModelConfig, validate.as_dict(data.get("model", {}), "config model")),
                    frontend=_build(FRONTEND_CONFIGS[kind], frontend),
-                   head=None if head is None else _build(HeadConfig, head))
+                   head=None if head is None else _build(HeadConfig, validate.as_dict(head, "config head")))
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(kind)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+        raise ValueError(f"unknown {kind.__name__} keys: {validate.names(unknown)}")
     return kind(**values)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import hear_mwmae
-from hear_mwmae.checkpoint import (CheckpointError, build_encoder, build_mwmae, load_checkpoint, resolve,
+from hear_mwmae.checkpoint import (Checkpoint, CheckpointError, build_encoder, build_mwmae, load_checkpoint, resolve,
                                    save_checkpoint)
 from hear_mwmae.files import sha256_file
 
@@ -105,8 +105,10 @@ def test_weights_that_do_not_match_config_are_rejected(converted, tmp_path):
     state = dict(c.state_dict)
     state["encoder.norm.weight"] = torch.zeros(7)
     path = save_checkpoint(tmp_path / "m.pt", c.config, state)
-    with pytest.raises(CheckpointError, match="do not match its config"):
-        build_encoder(load_checkpoint(path))
+    with pytest.raises(CheckpointError, match=r"disagrees with its weights: shapes 'encoder.norm.weight' \(7,\)"):
+        load_checkpoint(path)  # refused at load, before any module is built
+    with pytest.raises(CheckpointError, match="disagrees with its weights"):
+        build_encoder(Checkpoint(c.config, state))  # and by the builder, for a Checkpoint made by hand
 
 
 def test_run_directory_is_converted_on_the_fly(converted, caplog, fixture_checkpoint):

@@ -13,6 +13,7 @@ saved anyway so that any other use of the global generators also continues exact
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,39 @@ def save_train_state(path: str | Path, *, train_config: dict[str, Any], step: in
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint (a run directory or the file itself) onto the CPU; weights-only."""
+    """Read a training checkpoint (a run directory or the file itself) onto the CPU; weights-only.
+
+    A file that is not one, is damaged, pickles anything but tensors and plain containers, or
+    whose model weights are views of fewer stored elements than they claim raises
+    `CheckpointError` (a ValueError) with a one-line reason; torch's advice to reload the file
+    unsafely is never relayed.
+    """
+    from ..checkpoint import CheckpointError
+    from ..files import refused_pickle_reason, safe_reason
+    from ..state_checks import WeightsError, check_tensors
+
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: the file pickles objects other than tensors and plain containers, "
+                              f"and is never unpickled with code execution ({refused_pickle_reason(exc)})") from exc
+    except Exception as exc:  # torch raises many unrelated types for a damaged file
+        raise CheckpointError(f"{path}: not a readable training checkpoint (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {safe_reason(exc)}") from exc
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
-        raise ValueError(f"{path} is not a hear-mwmae training checkpoint")
+        raise CheckpointError(f"{path} is not a hear-mwmae training checkpoint")
     if state.get("format_version") != TRAIN_FORMAT_VERSION:
-        raise ValueError(f"{path}: training checkpoint version {state.get('format_version')} is not supported")
+        raise CheckpointError(f"{path}: training checkpoint version {str(state.get('format_version'))[:20]} is not "
+                              "supported")
+    try:
+        check_tensors(state.get("model"))
+    except WeightsError as exc:
+        raise CheckpointError(f"{path}: model weights: {exc}") from exc
     return state
 
 
