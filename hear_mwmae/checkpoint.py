@@ -223,7 +223,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
                        "encoder_only": json.loads(meta.get("encoder_only", "false")),
                        "provenance": json.loads(meta.get("provenance", "{}"))}
             payload["state_dict"] = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
+    except (KeyError, ValueError, RecursionError) as exc:  # (bad JSON, an int of > 4300 digits)
         raise CheckpointError(f"{path}: safetensors file without valid hear-mwmae metadata "
                               f"({type(exc).__name__}: {safe_reason(exc)})") from exc
     except Exception as exc:

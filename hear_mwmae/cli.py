@@ -53,7 +53,7 @@ def _info(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     try:  # whatever the source (our file, a converted one, the Hub): the weights against the config
-        check_state_dict(ckpt.config, ckpt.state_dict, stored_parts(ckpt.config, ckpt.encoder_only))
+        check_state_dict(ckpt.config, ckpt.state_dict, stored_parts(ckpt.config, ckpt.state_dict))
     except WeightsError as exc:
         raise CheckpointError(f"{args.checkpoint}: {exc}") from exc
     prov = {k: v for k, v in ckpt.provenance.items() if k != "source_config"}

@@ -64,7 +64,9 @@ def checked_payload(obj: dict[str, Any]) -> tuple[MWMAEConfig, dict[str, Any], b
     if not isinstance(provenance, dict):
         raise ValueError(f"provenance must be a dict, got {type(provenance).__name__}")
     state = obj["state_dict"]
-    check_state_dict(config, state, stored_parts(config, encoder_only))
+    if not isinstance(state, dict):
+        raise ValueError(f"state_dict is a {type(state).__name__}, not a dict of tensors")
+    check_state_dict(config, state, stored_parts(config, state))
     return config, state, encoder_only, dict(provenance)
 
 

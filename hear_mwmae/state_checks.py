@@ -111,10 +111,13 @@ def _shape(state: dict[str, torch.Tensor], key: str) -> tuple[int, ...] | None:
     return tuple(state[key].shape) if key in state else None
 
 
-def stored_parts(config: MWMAEConfig, encoder_only: bool) -> tuple[str, ...]:
-    """The parts a checkpoint of this config holds: the encoder, the decoder unless it is
-    encoder-only, the classifier when the config has a head."""
-    return ("encoder",) + (() if encoder_only else ("decoder",)) + (("classifier",) if config.head else ())
+def stored_parts(config: MWMAEConfig, state: dict[str, Any]) -> tuple[str, ...]:
+    """The parts a checkpoint of this config holds, each then checked whole: the encoder, the
+    decoder when any `decoder.*` weight is there (a file's `encoder_only` flag is not trusted
+    for it: an encoder saved without the flag has no decoder), the classifier when the config
+    has a head."""
+    decoder = any(isinstance(k, str) and k.startswith("decoder.") for k in state)
+    return ("encoder",) + (("decoder",) if decoder else ()) + (("classifier",) if config.head else ())
 
 
 def field_disagreements(config: MWMAEConfig, state: dict[str, torch.Tensor], parts: tuple[str, ...]) -> list[str]:
@@ -126,23 +129,25 @@ def field_disagreements(config: MWMAEConfig, state: dict[str, torch.Tensor], par
         if found is not None and found != value:
             out.append(f"{field} is {value}, but {says.format(found)}")
 
-    blocks = _blocks(state, "encoder.blocks.")
-    if blocks:
-        differ("depth", cfg.depth, len(blocks), "the weights hold {} encoder blocks")
-    patch = _shape(state, "encoder.patch_embed.proj.weight")
-    if patch is not None and len(patch) == 4:
-        differ("embed_dim", cfg.embed_dim, patch[0], "encoder.patch_embed.proj.weight is {} wide")
-        differ("patch_size", list(cfg.patch_size), list(patch[2:]), "encoder.patch_embed.proj.weight has {} patches")
-    pos = _shape(state, "encoder.pos_embed")
-    if pos is not None and len(pos) == 3:
-        differ("the token count (img_size / patch_size, + CLS)", cfg.num_patches + int(cfg.use_cls_token), pos[1],
-               "encoder.pos_embed holds {} tokens")
-    differ("use_cls_token", cfg.use_cls_token, "encoder.cls_token" in state, "encoder.cls_token present: {}")
-    differ("final_norm", cfg.final_norm, "encoder.norm.weight" in state, "encoder.norm.weight present: {}")
-    fc1 = _shape(state, "encoder.blocks.0.mlp.fc1.weight")
-    if fc1 is not None and len(fc1) == 2 and fc1[0] != int(cfg.embed_dim * cfg.mlp_ratio):
-        out.append(f"mlp_ratio is {cfg.mlp_ratio}, but encoder.blocks.0.mlp.fc1.weight has {fc1[0]} hidden units "
-                   f"for the width {cfg.embed_dim}")
+    if "encoder" in parts:
+        blocks = _blocks(state, "encoder.blocks.")
+        if blocks:
+            differ("depth", cfg.depth, len(blocks), "the weights hold {} encoder blocks")
+        patch = _shape(state, "encoder.patch_embed.proj.weight")
+        if patch is not None and len(patch) == 4:
+            differ("embed_dim", cfg.embed_dim, patch[0], "encoder.patch_embed.proj.weight is {} wide")
+            differ("patch_size", list(cfg.patch_size), list(patch[2:]),
+                   "encoder.patch_embed.proj.weight has {} patches")
+        pos = _shape(state, "encoder.pos_embed")
+        if pos is not None and len(pos) == 3:
+            differ("the token count (img_size / patch_size, + CLS)", cfg.num_patches + int(cfg.use_cls_token), pos[1],
+                   "encoder.pos_embed holds {} tokens")
+        differ("use_cls_token", cfg.use_cls_token, "encoder.cls_token" in state, "encoder.cls_token present: {}")
+        differ("final_norm", cfg.final_norm, "encoder.norm.weight" in state, "encoder.norm.weight present: {}")
+        fc1 = _shape(state, "encoder.blocks.0.mlp.fc1.weight")
+        if fc1 is not None and len(fc1) == 2 and fc1[0] != int(cfg.embed_dim * cfg.mlp_ratio):
+            out.append(f"mlp_ratio is {cfg.mlp_ratio}, but encoder.blocks.0.mlp.fc1.weight has {fc1[0]} hidden units "
+                       f"for the width {cfg.embed_dim}")
     if "decoder" in parts:
         blocks = _blocks(state, "decoder.blocks.")
         if blocks or "decoder.embed.weight" in state:

@@ -2,12 +2,16 @@
 
 Hostile inputs are only ever opened in such a child: a crash (a signal), an allocation beyond
 the cap or a hang stays in the child, and the test asserts on how the child ended and on its
-peak resident memory (`ru_maxrss` of that child alone, from `os.wait4`).
+peak resident memory. That peak is the one the child reports at exit (`report_peak_rss`, its
+VmHWM after exec); a child that does not report gets `ru_maxrss` from `os.wait4`, an upper
+bound that also counts the pages it shared with the forking test process before exec.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -26,7 +30,7 @@ class Ended:
     returncode: int  # negative: killed by that signal (as subprocess reports it)
     stdout: str
     stderr: str
-    peak_rss_mib: float  # the child's peak resident set
+    peak_rss_mib: float  # the child's peak resident set (as it reported it, else ru_maxrss)
     seconds: float
     timed_out: bool
 
@@ -73,8 +77,24 @@ def run_capped(args: list[str], *, address_space_mib: int = 3072, timeout_s: flo
         seconds = time.monotonic() - start
         out.seek(0)
         err.seek(0)
-        return Ended(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                     usage.ru_maxrss / 1024, seconds, timed_out)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        reported = re.findall(rf"^{_PEAK} ([0-9.]+)$", stderr, re.MULTILINE)
+        peak = float(reported[-1]) if reported else usage.ru_maxrss / 1024
+        return Ended(proc.returncode, stdout, stderr, peak, seconds, timed_out)
+
+
+_PEAK = "capped: peak RSS MiB"
+
+
+def report_peak_rss() -> None:
+    """In a child: print its own peak resident memory (VmHWM) to stderr when it exits, for
+    `run_capped` to read."""
+    def report() -> None:
+        with open("/proc/self/status") as fh:
+            kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+        print(f"{_PEAK} {kib / 1024:.1f}", file=sys.stderr, flush=True)
+
+    atexit.register(report)
 
 
 def run_python(code: str, *args: str, **kwargs) -> Ended:

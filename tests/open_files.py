@@ -57,6 +57,9 @@ def attempt(action: str, path: str) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    import capped  # (this script's folder is first on sys.path)
+
+    capped.report_peak_rss()
     logging.basicConfig(level=logging.WARNING)
     for action, path in zip(argv[::2], argv[1::2]):
         print(json.dumps({"action": action, "path": path, **attempt(action, path)}), flush=True)

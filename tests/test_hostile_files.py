@@ -274,9 +274,9 @@ def test_converted_file_is_at_most_twice_its_source(fixture_checkpoint, converte
 
 # ----------------------------------------------------------------------------- 6. non-finite weights
 def test_nan_weights_are_refused_at_load(tmp_path):
-    path = hostile.our_checkpoint(tmp_path / "m.pt",
-                                  edit=lambda p: p["state_dict"]["encoder.blocks.1.attn.proj.weight"][3, 5].fill_(math.inf))
-    with pytest.raises(CheckpointError, match=r"not all finite \(NaN or inf\): \['encoder.blocks.1.attn.proj.weight'\]"):
+    key = "encoder.blocks.1.attn.proj.weight"
+    path = hostile.our_checkpoint(tmp_path / "m.pt", edit=lambda p: p["state_dict"][key][3, 5].fill_(math.inf))
+    with pytest.raises(CheckpointError, match=rf"not all finite \(NaN or inf\): \['{key}'\]"):
         load_checkpoint(path)
 
 

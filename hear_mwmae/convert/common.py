@@ -42,7 +42,7 @@ def read_json_config(path: Path) -> dict[str, Any]:
             raise ConversionError(f"{path}: {path.stat().st_size} bytes; a config.json is at most "
                                   f"{MAX_CONFIG_BYTES} bytes")
         data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # (bad UTF-8, bad JSON, an int of > 4300 digits)
         from ..files import safe_reason
 
         raise ConversionError(f"{path}: not a readable JSON config ({type(exc).__name__}: {safe_reason(exc)})") from exc
