@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -86,6 +87,21 @@ def safe_reason(exc: BaseException) -> str:
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip() and not _UNSAFE_ADVICE.search(s)]
     text = " ".join(" ".join(sentences).split()) or type(exc).__name__
     return text if len(text) <= _MAX_REASON else text[:_MAX_REASON - 3] + "..."
+
+
+def refuse_compressed_records(path: str | Path) -> None:
+    """torch.save stores every record of its zip uncompressed; a compressed record could inflate
+    far beyond the file's size (a zip bomb: 100 MB of zeros deflate to 100 kB), so a file with
+    one is refused (ValueError) before torch reads it. A file that is not a readable zip is left
+    for torch to report."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    if packed:
+        raise ValueError(f"{path}: {len(packed)} compressed record(s) in the zip; torch.save writes none, and "
+                         "a compressed record could inflate without bound: refused")
 
 
 def describe_magic(head: bytes) -> str:

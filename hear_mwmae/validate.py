@@ -141,6 +141,10 @@ def model_consistency(cfg: Any) -> None:
     if tokens > MAX_TOKENS:
         raise ValueError(f"img_size {list(cfg.img_size)} / patch_size {list(cfg.patch_size)} makes {tokens} patches "
                          f"per chunk; at most {MAX_TOKENS} are supported")
+    for name in ("embed_dim", "decoder_embed_dim"):
+        if getattr(cfg, name) % 4:  # sin-cos position embeddings: sin and cos of two axes, a quarter each
+            raise ValueError(f"{name} must be a multiple of 4 (the sin-cos position embedding), "
+                             f"got {getattr(cfg, name)}")
     if int(cfg.embed_dim * cfg.mlp_ratio) < 1 or int(cfg.decoder_embed_dim * cfg.mlp_ratio) < 1:
         raise ValueError(f"mlp_ratio {cfg.mlp_ratio} leaves an MLP without hidden units")
     sequence = tokens + int(cfg.use_cls_token)

@@ -84,3 +84,39 @@ def expanded_audiomae_pth(out: Path, dim: int = 768, depth: int = 12, heads: int
     args = argparse.Namespace(model="vit_custom_patch16", num_heads=heads)
     torch.save({"model": model, "args": args}, out)
     return out
+
+
+def deflated(src: Path, out: Path) -> Path:
+    """A copy of a torch zip whose data records are deflate-compressed (torch.save never does):
+    a zip bomb when the data is zeros."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as original, zipfile.ZipFile(out, "w") as copy:
+        for info in original.infolist():
+            data = original.read(info.filename)
+            info.compress_type = zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED
+            copy.writestr(info, data)
+    return out
+
+
+def shared_list_bomb(depth: int = 40) -> list:
+    """A list whose every level holds the next one twice: 2**depth leaves, a few hundred bytes
+    pickled (the pickle memo shares them). Anything that walks or prints it whole never ends."""
+    node: list = []
+    for _ in range(depth):
+        node = [node, node]
+    return node
+
+
+def finetuned_with(src: Path, out: Path, *, head_rows: int | None = None, dataset: object = None) -> Path:
+    """A copy of an authors' fine-tuned `.pth` whose `head.weight` claims `head_rows` outputs (and
+    no columns, so nothing is stored) and / or whose `args.dataset` is `dataset`."""
+    from hear_mwmae.convert.audiomae import load_pickle_safely
+
+    obj = load_pickle_safely(src)  # (our own fixture: the authors' layout, args pickled)
+    if head_rows is not None:
+        obj["model"]["head.weight"] = torch.zeros(head_rows, 0)
+    if dataset is not None:
+        obj["args"].dataset = dataset
+    torch.save(obj, out)
+    return out

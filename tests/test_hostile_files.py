@@ -160,6 +160,7 @@ def test_config_sizes_are_checked_before_anything_is_allocated(tmp_path, fixture
     ("layer_norm_eps", 0.0, "layer_norm_eps must be a finite number in (0, 1]"),
     ("decoder_depth", 10**5, "decoder_depth must be an integer in [0, 128]"),
     ("family", 7, "family must be a string"),
+    ("embed_dim", 6, "embed_dim must be a multiple of 4"),  # found by the fuzz test: a traceback at init
 ])
 def test_model_config_values_are_typed_and_bounded(field, value, message):
     base = {"embed_dim": 192, "depth": 2, "num_heads": 3}
@@ -233,15 +234,23 @@ def test_provenance_and_flags_must_be_plain_data(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 3. stored elements
-def test_expanded_views_are_refused_before_they_are_materialised(tmp_path):
+def test_expanded_views_are_refused_before_they_are_materialised(tmp_path, fixture_checkpoint):
     """An Audio-MAE .pth of 40 kB whose tensors are stride-0 views of one float converted into a
-    343 MB ViT-base (1.8 GB with 2000 blocks) and peaked at 620 MB; now refused, nothing made."""
+    343 MB ViT-base (1.8 GB with 2000 blocks) and peaked at 620 MB; now refused, nothing made.
+    Likewise a classifier claiming 10**9 classes without storing a weight (one generated class
+    name each: tens of GB before), and stored arguments that are a 2**40-leaf list."""
     src = hostile.expanded_audiomae_pth(tmp_path / "exp.pth")
     assert src.stat().st_size < 100_000
-    results = open_in_child(("convert", src), ("load_model", src), ("load_checkpoint", src))
-    for result in results:
+    ft = fixture_checkpoint("audiomae_ft_tiny")
+    classes = hostile.finetuned_with(ft, tmp_path / "classes.pth", head_rows=10**9)
+    dataset = hostile.finetuned_with(ft, tmp_path / "dataset.pth", dataset=hostile.shared_list_bomb())
+    results = open_in_child(("convert", src), ("load_model", src), ("load_checkpoint", src), ("convert", classes),
+                            ("info", dataset))
+    for result in results[:3]:
         assert_refused(result, "overlap in storage", "stride (0, 0, 0)")
-    assert not list(tmp_path.glob("*.converted.pt"))
+    assert_refused(results[3], "head.weight has 1000000000 outputs; a head has 1 to 100000")
+    assert results[4]["outcome"] == "ok", results[4]  # a valid model: the odd argument is not walked
+    assert not (tmp_path / "exp.pth.converted.pt").exists()
 
 
 def test_views_sharing_one_storage_are_refused(tmp_path):
@@ -261,6 +270,22 @@ def test_overlapping_view_in_our_checkpoint_is_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match="overlap in storage"):
         load_checkpoint(hostile.our_checkpoint(tmp_path / "m.pt", edit=overlap))
+
+
+def test_compressed_records_are_refused_before_they_inflate(tmp_path, caplog, tiny_checkpoint):
+    """A training checkpoint of 100 MB of zeros deflates to 100 kB; `pretrain-export` inflated it."""
+    state = {"encoder.w": torch.zeros(25_000_000)}
+    save_train_state(tmp_path / "plain.pt", train_config={}, step=1, model=state, optimizer={}, world_size=1,
+                     last_loss=0.5, data={}, seconds=1.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    bomb = hostile.deflated(tmp_path / "plain.pt", run / "checkpoint.pt")
+    assert bomb.stat().st_size < 200_000
+    code, message = run_cli(caplog, "pretrain-export", run, tmp_path / "o.pt")
+    assert code == 2 and "compressed record(s)" in message
+    ours = hostile.deflated(tiny_checkpoint, tmp_path / "ours.pt")
+    with pytest.raises(CheckpointError, match="compressed record"):
+        load_checkpoint(ours)
 
 
 @pytest.mark.parametrize("name", ["mwmae_tiny", "audiomae_tiny", "audiomae_swin_tiny"])

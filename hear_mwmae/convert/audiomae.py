@@ -43,9 +43,9 @@ import torch
 
 from .. import labels
 from ..config import ENCODER_SIZES, FbankConfig, HeadConfig, MWMAEConfig, ModelConfig, audiomae_config
-from ..files import refused_pickle_reason, safe_reason, sha256_file
+from ..files import refuse_compressed_records, refused_pickle_reason, safe_reason, sha256_file
 from ..state_checks import WeightsError, check_finite, check_tensors
-from ..validate import MAX_HEADS, brief, integer, is_int, names
+from ..validate import MAX_CLASSES, MAX_HEADS, brief, integer, is_int, names
 from .common import CONVERTER_VERSION, ConversionError, Converted, read_json_config
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ def load_pickle_safely(path: Path) -> Any:
     """
     with open(path, "rb") as fh:
         zip_format = fh.read(4) == b"PK\x03\x04"
+    try:
+        refuse_compressed_records(path)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zip_format)
@@ -313,7 +317,9 @@ def head_from_weights(state: dict[str, torch.Tensor], dataset: str | None = None
         raise ConversionError("the checkpoint has a `head` but no `fc_norm`: only the authors' global-pool "
                               "classifier (mean of the patch tokens -> fc_norm -> head) is supported")
     num_classes = _shape(state, "head.weight", 2)[0]
-    single = str(dataset or "").lower() in SINGLE_LABEL_DATASETS
+    if not 1 <= num_classes <= MAX_CLASSES:  # (before any class names are made for it)
+        raise ConversionError(f"head.weight has {num_classes} outputs; a head has 1 to {MAX_CLASSES}")
+    single = isinstance(dataset, str) and dataset.lower() in SINGLE_LABEL_DATASETS
     if label_names is not None:
         if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
             raise ConversionError("config.json label_names must be a list of strings")

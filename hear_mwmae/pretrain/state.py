@@ -87,7 +87,7 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     unsafely is never relayed.
     """
     from ..checkpoint import CheckpointError
-    from ..files import refused_pickle_reason, safe_reason
+    from ..files import refuse_compressed_records, refused_pickle_reason, safe_reason
     from ..state_checks import WeightsError, check_tensors
 
     path = Path(path)
@@ -95,6 +95,10 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
+    try:
+        refuse_compressed_records(path)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
