@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 
 
@@ -56,11 +55,12 @@ def run_capped(args: list[str], *, address_space_mib: int = 3072, timeout_s: flo
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    child_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                 "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
+    from conftest import child_env  # (this checkout first on PYTHONPATH)
+
+    environment = child_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONFAULTHANDLER="1", **(env or {}))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
-        proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=child_env,
+        proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=environment,
                                 cwd=cwd, preexec_fn=cap)
         timed_out = False
         while True:
@@ -95,13 +95,3 @@ def report_peak_rss() -> None:
         print(f"{_PEAK} {kib / 1024:.1f}", file=sys.stderr, flush=True)
 
     atexit.register(report)
-
-
-def run_python(code: str, *args: str, **kwargs) -> Ended:
-    """`run_capped` of `python -c code args...` with this interpreter."""
-    return run_capped([sys.executable, "-c", code, *args], **kwargs)
-
-
-def run_cli(*args: str, **kwargs) -> Ended:
-    """`run_capped` of `hear-mwmae args...` (as `python -m hear_mwmae.cli`)."""
-    return run_capped([sys.executable, "-m", "hear_mwmae.cli", *args], **kwargs)
