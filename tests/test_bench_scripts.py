@@ -134,3 +134,14 @@ def test_finetune_bench_reports_training_and_tagging_speed(tmp_path):
         assert r["train_clips_per_s"] > 0 and r["tag_audio_s_per_s"] > 0 and r["embed_audio_s_per_s"] > 0
         assert r["peak_GiB"] > 0 and r["batch"] == 2
     assert "| mwmae" in out and "train clips/s" in out
+
+
+def test_load_checks_bench_times_both_ways():
+    lb = load_script("load_checks_bench")
+    record = lb.main(["--size", "tiny", "--repeats", "1"])
+    assert record["with_checks_s"] > 0 and record["without_checks_s"] > 0 and record["file_mb"] > 1
+    import hear_mwmae.checkpoint as checkpoint
+    import hear_mwmae.payload_checks as payload_checks
+
+    assert payload_checks.check_state_dict.__module__ == "hear_mwmae.state_checks"  # the checks are restored
+    assert checkpoint._check_parts.__module__ == "hear_mwmae.checkpoint"
