@@ -32,7 +32,8 @@ NO_WEIGHT_DECAY = ("encoder.cls_token", "encoder.pos_embed")  # the authors' no_
 
 def finetuned_config(base: MWMAEConfig, head: HeadConfig, cfg: FinetuneConfig) -> MWMAEConfig:
     """The config of the model `cfg` makes from `base`: its head, no final norm under mean
-    pooling, the chunk length and fbank statistics of the recipe."""
+    pooling (the authors' model; "cls" / "time" pooling keep it: "time" then starts from the
+    HEAR scene embedding), the chunk length and fbank statistics of the recipe."""
     model, frontend = base.model, base.frontend
     if head.pooling == "mean":
         model = dataclasses.replace(model, final_norm=False)
@@ -48,6 +49,8 @@ def finetuned_config(base: MWMAEConfig, head: HeadConfig, cfg: FinetuneConfig) -
     if cfg.masking and model.window_sizes:
         raise ValueError("token masking needs a global-attention encoder (windows need whole sequences); "
                          "set mask_t_prob=0 and mask_f_prob=0")
+    if head.pooling == "time" and cfg.mask_f_prob > 0:
+        raise ValueError("pooling 'time' keeps each frequency patch: it takes time masks only (mask_f_prob=0)")
     return MWMAEConfig(model, frontend, head)
 
 
