@@ -44,8 +44,9 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
         compile: True to run the encoder through torch.compile (default False)
     Options of the wrong type or value raise TypeError / ValueError.
     """
-    from .checkpoint import build_classifier, build_encoder, load_checkpoint
+    from .checkpoint import build_classifier, build_encoder
     from .runtime import MWMAERuntime, check_load_options
+    from .sources import load_checkpoint
 
     options = check_load_options(options)
     ckpt = load_checkpoint(model_file_path or DEFAULT_MODEL, sha256=options.get("sha256"))

@@ -29,7 +29,7 @@ def _convert(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     source = args.run_dir
     if source.startswith("hf://"):  # a timm-layout Hub repo: fetch (or find in the cache) first
-        from .checkpoint import resolve
+        from .sources import resolve
 
         source = resolve(source)
     converted = convert_source(source, checkpoint=args.checkpoint, config_path=args.config,
@@ -48,7 +48,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from .sources import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     prov = {k: v for k, v in ckpt.provenance.items() if k != "source_config"}

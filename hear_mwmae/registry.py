@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .checkpoint import CheckpointError, save_checkpoint
 from .config import ModelConfig
 from .files import atomic_write, sha256_file
 
@@ -189,8 +190,6 @@ def read_record(name: str, root: str | Path | None = None) -> dict[str, Any] | N
 def cached_file(name: str, root: str | Path | None = None, *, verify: bool = True) -> Path:
     """The fetched checkpoint of `name`, hash-checked; FileNotFoundError with the fetch command
     when it has not been fetched (or the fetch never finished)."""
-    from .checkpoint import CheckpointError
-
     model = get(name)
     root = cache_dir(root)
     path, record = root / model.filename, read_record(name, root)
@@ -308,7 +307,6 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False, kee
     """
     from filelock import FileLock, Timeout
 
-    from .checkpoint import save_checkpoint
     from .convert import convert_source
 
     if name not in MODELS:
