@@ -9,8 +9,8 @@ a classifier (config `head`), `classifier.fc_norm.*` / `classifier.head.*`.
 Format 3 adds the optional classifier head; format 2 (both model families) added the
 frontend `kind` and the model `family`; older files are migrated on load (`migrate`).
 
-`load_checkpoint` accepts a local file, or an authors' run directory or Audio-MAE checkpoint
-(converted on the fly). Names, the Hub (`hf://`) and sha256 pins are resolved to a local path
+`load_checkpoint` accepts a local file, a folder of our Hub layout (`hub.py`: model.safetensors +
+config.json + README.md), or an authors' run directory or Audio-MAE checkpoint (converted on the fly). Names, the Hub (`hf://`) and sha256 pins are resolved to a local path
 one level up, in `sources.py` (`sources.load_checkpoint`, which `hear_mwmae.load_model` uses).
 Loading never unpickles code (the one class allowed besides tensors and containers is the
 `argparse.Namespace` inside the Audio-MAE authors' files).
@@ -193,6 +193,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise FileNotFoundError(f"checkpoint {path} not found (names and hf:// references load through "
                                 f"hear_mwmae.load_model or hear_mwmae.sources.load_checkpoint)")
     if path.is_dir():
+        from .hub import is_pretrained_dir, load_pretrained_dir
+
+        if is_pretrained_dir(path):  # our Hub layout (save_pretrained): config.json + model.safetensors
+            return load_pretrained_dir(path)
         if (path / "train_config.json").exists() or (path / "checkpoint.pt").exists():
             raise CheckpointError(f"{path}: a pre-training run directory, not a model checkpoint; "
                                   + PRETRAIN_HINT.format(run=path))
