@@ -37,8 +37,9 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
         "mwmae-base-4x16-4l", fetched once with `hear-mwmae fetch NAME`), our `.pt` /
         `.safetensors`, an authors' checkpoint (MW-MAE run directory, Audio-MAE `.pth` or
         timm directory; converted on the fly),
-        `hf://owner/repo/path/file.pt[@revision]`, or `hf://owner/repo[@revision]` (a
-        timm-layout Audio-MAE repo such as gaunernst/vit_base_patch16_1024_128.audiomae_as2m).
+        a folder written by `save_pretrained`, `hf://owner/repo/path/file.pt[@revision]`, or
+        `hf://owner/repo[@revision]` (a repo of that layout, or a timm-layout Audio-MAE repo
+        such as gaunernst/vit_base_patch16_1024_128.audiomae_as2m).
     options (also via heareval's `--model-options` JSON):
         device: "cpu", "cuda", "cuda:1", ... (default: cuda if available)
         precision: "fp32" (default), "bf16" or "fp16" (autocast), or "int8" (CPU only: the
