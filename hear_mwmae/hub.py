@@ -23,6 +23,7 @@ checkpoint `format_version` `checkpoint.migrate` knows (docs/checkpoints.md).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -90,9 +91,9 @@ def load_pretrained_dir(path: str | Path) -> Checkpoint:
     recorded = str((meta.get("weights") or {}).get("sha256", ""))
     actual = sha256_file(weights)
     if actual != recorded:
-        raise CheckpointError(f"{weights}: sha256 {actual} does not match the {recorded or 'missing value'} recorded in "
-                              f"{CONFIG_FILE}: the file changed after it was saved (damaged or altered); download or "
-                              "save the model again")
+        raise CheckpointError(f"{weights}: sha256 {actual} does not match the {recorded or 'missing value'} "
+                              f"recorded in {CONFIG_FILE}: the file changed after it was saved (damaged or altered); "
+                              "download or save the model again")
     ckpt = load_checkpoint(weights)
     with safe_open(str(weights), framework="pt") as fh:
         inner = json.loads((fh.metadata() or {}).get("config", "null"))
@@ -128,16 +129,17 @@ def save_pretrained(model_or_ckpt: Any, directory: str | Path, *, encoder_only: 
     repo_id: the Hub repository it is meant for ("owner/name"), named in the card's example.
     overwrite: write into a folder that is not empty (replacing only this layout's files).
     """
-    try:
-        from . import model_card
-        import huggingface_hub  # noqa: F401  (the card's metadata is built with it)
-    except ImportError as exc:
-        raise ImportError("writing a Hub folder needs huggingface_hub: pip install 'hear-mwmae[hub]'") from exc
+    if importlib.util.find_spec("huggingface_hub") is None:  # the card's metadata is built with it
+        raise ImportError("writing a Hub folder needs huggingface_hub: pip install 'hear-mwmae[hub]'")
+    from . import model_card
+
     ckpt, saved_from = _as_checkpoint(model_or_ckpt)
     if repo_id is not None:
         check_repo_id(repo_id)
     directory = Path(directory).expanduser()
     _check_target(directory, overwrite)
+    if not ckpt.encoder_only and not any(k.startswith(DECODER_PREFIX) for k in ckpt.state_dict):
+        encoder_only = True  # no decoder weights, whatever the file says (fetches before the fix said False)
     if encoder_only and not ckpt.encoder_only:
         ckpt = Checkpoint(ckpt.config, {k: v for k, v in ckpt.state_dict.items() if not k.startswith(DECODER_PREFIX)},
                           True, ckpt.provenance)
@@ -337,8 +339,8 @@ def push_to_hub(source: Any, repo_id: str, *, private: bool = False, revision: s
             info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files,
                                      revision=revision, commit_message=message, token=token)
         except Exception as exc:  # network, authorisation, quota: one line
-            raise HubError(f"upload to {repo_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                           ) from exc
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise HubError(f"upload to {repo_id} failed: {type(exc).__name__}: {first}") from exc
     url = str(getattr(info, "commit_url", None) or info)
     log.info("uploaded %s to https://huggingface.co/%s (%s)", ", ".join(files), repo_id, url)
     return url

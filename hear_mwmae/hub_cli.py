@@ -38,7 +38,8 @@ def _save(args: argparse.Namespace) -> int:
     from .hub import save_pretrained
 
     try:
-        folder = save_pretrained(args.model, args.out, repo_id=args.repo_id, overwrite=args.force, **_card_options(args))
+        folder = save_pretrained(args.model, args.out, repo_id=args.repo_id, overwrite=args.force,
+                                 **_card_options(args))
     except _errors() as exc:
         log.error("hear-mwmae save-pretrained: %s", exc, exc_info=bool(args.verbose))
         return 2
@@ -69,7 +70,8 @@ def _add_card_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", action="append", metavar="NAME",
                    help="what the model was trained on (repeatable; default: what the provenance says)")
     p.add_argument("--eval-results", type=Path, metavar="DIR",
-                   help="the --out folder of `python -m evaluation.run` for this model: its HEAR table goes in the card")
+                   help="the --out folder of `python -m evaluation.run` for this model: its HEAR table goes in "
+                   "the card")
     p.add_argument("--finetune-results", type=Path, metavar="FILE",
                    help="a fine-tuning run's results.json (default: the one beside RUN/model.pt)")
 

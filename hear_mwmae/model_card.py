@@ -225,7 +225,8 @@ def _hear_eval_results(inputs: CardInputs) -> list[Any]:
     res = inputs.hear_results
     if res is None:
         return []
-    return [EvalResult(task_type="audio-classification", task_name="HEAR 2021 (shallow classifier on frozen embeddings)",
+    return [EvalResult(task_type="audio-classification",
+                       task_name="HEAR 2021 (shallow classifier on frozen embeddings)",
                        dataset_type=dirname, dataset_name=f"{entry.get('title', dirname)} (HEAR 2021)",
                        metric_type=HEAR_METRICS.get(entry.get("metric"), str(entry.get("metric"))),
                        metric_value=round(float(entry["mean"]), 2),
@@ -260,7 +261,8 @@ def _title(inputs: CardInputs) -> str:
     family = FAMILY_TITLES[m.family]
     what = (f"An {family} encoder ({m.embed_dim}-d, {m.depth} blocks) with a classifier of {head.num_classes} classes"
             if head is not None else
-            f"An {family} audio encoder ({m.embed_dim}-d, {m.depth} blocks{'' if ckpt.encoder_only else ', with its decoder'})")
+            f"An {family} audio encoder ({m.embed_dim}-d, {m.depth} blocks"
+            + ("" if ckpt.encoder_only else ", with its decoder") + ")")
     use = ("It tags 16 kHz audio and, like every hear-mwmae model, gives HEAR 2021 embeddings"
            if head is not None else "It turns 16 kHz audio into HEAR 2021 embeddings")
     spdx = license_of(ckpt.provenance)
@@ -276,8 +278,10 @@ def _usage(inputs: CardInputs) -> str:
     use = ("tags = hear_mwmae.tag(audio, model, top_k=5)                # audio: (n_clips, n_samples) float32, 16 kHz"
            if cfg.head is not None else
            "emb, ts = hear_mwmae.get_timestamp_embeddings(audio, model)  # audio: (n_clips, n_samples) float32, 16 kHz")
-    where = "" if inputs.repo_id else " (`OWNER/NAME`: the repository this folder is uploaded to, or pass the folder's path)"
-    return ("## Use\n\nWith `hear-mwmae` and `huggingface_hub` installed" + where + ":\n\n```python\nimport hear_mwmae\n"
+    where = ("" if inputs.repo_id else
+             " (`OWNER/NAME`: the repository this folder is uploaded to, or pass the folder's path)")
+    return ("## Use\n\nWith `hear-mwmae` and `huggingface_hub` installed" + where
+            + ":\n\n```python\nimport hear_mwmae\n"
             f"model = hear_mwmae.load_model(\"{ref}\")  # huggingface_hub's cache; pin with @<commit> and sha256=...\n"
             f"{use}\n```\n\n"
             + ("`hear_mwmae.get_logits` gives the raw logits; " if cfg.head is not None else "")
@@ -322,7 +326,8 @@ def _architecture(inputs: CardInputs) -> str:
                       if m.decoder_window_sizes else "global attention"))
     rows = [("family", f"{FAMILY_TITLES[m.family]} (`{m.family}`)"),
             ("input", f"16 kHz mono audio → {frontend}" if fe.sample_rate == 16000 else frontend),
-            ("chunk", f"{cfg.chunk_frames} frames ({cfg.chunk_frames * cfg.hop_ms / 1000:g} s); longer clips in chunks"),
+            ("chunk", f"{cfg.chunk_frames} frames ({cfg.chunk_frames * cfg.hop_ms / 1000:g} s); "
+                      "longer clips in chunks"),
             ("patches", f"{pt} × {pf} (time × frequency): a {gt} × {gf} grid"),
             ("encoder", encoder), ("decoder", decoder)]
     if head is not None:
@@ -339,7 +344,8 @@ def _provenance_lines(prov: dict[str, Any]) -> list[str]:
     """What made these weights, one line per step back (a fine-tuned model, then its base)."""
     source = str(prov.get("source") or "")
     if source == "hear_mwmae.finetune":
-        lines = [f"Fine-tuned with hear-mwmae (recipe `{prov.get('recipe')}`) on `{_task_name(str(prov.get('task')))}`: "
+        task = _task_name(str(prov.get("task")))
+        lines = [f"Fine-tuned with hear-mwmae (recipe `{prov.get('recipe')}`) on `{task}`: "
                  f"the model after epoch {prov.get('epoch')} (step {prov.get('step')}).",
                  f"Base model: `{_shown(prov.get('base_model'))}` (sha256 `{prov.get('base_sha256')}`)."]
         base = prov.get("base_provenance")
@@ -355,7 +361,8 @@ def _provenance_lines(prov: dict[str, Any]) -> list[str]:
     if source in CONVERTER_LICENSES:
         line = (f"Converted by hear-mwmae (converter version {prov.get('converter_version')}) from the authors' "
                 f"`{prov.get('source_file')}` ({source}, layout `{prov.get('layout')}`), sha256 "
-                f"`{prov.get('source_sha256')}`" + (f", step {prov['step']}" if prov.get("step") is not None else "") + ".")
+                f"`{prov.get('source_sha256')}`"
+                + (f", step {prov['step']}" if prov.get("step") is not None else "") + ".")
         if prov.get("registry_name"):
             line += f" Released model `{prov['registry_name']}`, from {prov.get('source_url')}."
         return [line]
@@ -373,7 +380,8 @@ def _provenance(inputs: CardInputs) -> str:
 def _finetune_results(inputs: CardInputs) -> str:
     prov, res = inputs.ckpt.provenance, inputs.finetune_results
     cols = [k for k in FINETUNE_METRICS]
-    header = "| split | clips | " + " | ".join(FINETUNE_METRICS[k][1] for k in cols) + " |\n|---|---|" + "---|" * len(cols)
+    header = ("| split | clips | " + " | ".join(FINETUNE_METRICS[k][1] for k in cols)
+              + " |\n|---|---|" + "---|" * len(cols))
 
     def row(name: str, metrics: Any) -> str:
         if not isinstance(metrics, dict):
@@ -383,7 +391,8 @@ def _finetune_results(inputs: CardInputs) -> str:
 
     if res is not None and "folds" in res:
         rows = [row(f"test fold {f.get('test_fold')}", f.get("test")) for f in res["folds"]]
-        note = f"Mean test {res['metric']} over {res['n_folds']} folds: {res['test_mean']:.4f} ± {res['test_std']:.4f} (std)."
+        note = (f"Mean test {res['metric']} over {res['n_folds']} folds: {res['test_mean']:.4f} ± "
+                f"{res['test_std']:.4f} (std).")
     elif res is not None:
         rows = [row("validation", res.get("valid")), row("test", res.get("test"))]
         note = f"The model of epoch {res.get('epoch')} ({res.get('selected', 'best validation epoch')})."

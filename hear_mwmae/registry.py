@@ -304,7 +304,8 @@ def hub_download(model: ReleasedModel, dest: Path) -> Path:
     try:
         import huggingface_hub
     except ImportError as exc:
-        raise FetchError("fetching from the Hugging Face Hub needs huggingface_hub: pip install 'hear-mwmae[hub]'") from exc
+        raise FetchError("fetching from the Hugging Face Hub needs huggingface_hub: "
+                         "pip install 'hear-mwmae[hub]'") from exc
     log.info("downloading %s from the Hugging Face Hub", model.source_label)
     try:
         return Path(huggingface_hub.snapshot_download(model.hub_repo, revision=model.hub_revision or None,
@@ -412,7 +413,8 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False, kee
             else:
                 config_file, ckpt_file = _check_layout(downloaded, model)
                 sources = _source_hashes(config_file, ckpt_file)
-                converted = convert_source(downloaded, checkpoint=ckpt_file) if config_file else convert_source(ckpt_file)
+                converted = (convert_source(downloaded, checkpoint=ckpt_file) if config_file
+                             else convert_source(ckpt_file))
             diff = _config_difference(converted.config.model, model)
             if diff:
                 raise FetchError(f"{model.source_label} does not hold {model.title}: " + "; ".join(diff))

@@ -14,7 +14,6 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -55,7 +54,8 @@ def models(fixture_checkpoint, converted, tmp_path_factory) -> dict[str, Path]:
                                       "base_lr=0.05"])
     finetune(recipe, str(base), task, root / "ft", device="cpu")
     return {"mwmae": save_checkpoint(root / "mwmae.pt", mw.config, mw.state_dict, provenance=mw.provenance),
-            "audiomae-swin": fixture_checkpoint("audiomae_swin_tiny"), "audiomae-ft": fixture_checkpoint("audiomae_ft_tiny"),
+            "audiomae-swin": fixture_checkpoint("audiomae_swin_tiny"),
+            "audiomae-ft": fixture_checkpoint("audiomae_ft_tiny"),
             "demo": DEMO, "finetuned": root / "ft" / "model.pt"}
 
 
@@ -137,6 +137,10 @@ def test_a_loaded_model_saves_its_encoder_and_classifier(models, tmp_path):
     with pytest.raises(ValueError, match="int8"):
         hear_mwmae.save_pretrained(hear_mwmae.load_model(str(models["mwmae"]), device="cpu", precision="int8"),
                                    tmp_path / "q")
+    ft = load_checkpoint(str(models["audiomae-ft"]))  # no decoder, but marked otherwise (older fetches did)
+    marked = hub.load_pretrained_dir(hear_mwmae.save_pretrained(
+        dataclasses.replace(ft, encoder_only=False), tmp_path / "marked"))
+    assert marked.encoder_only and marked.state_dict.keys() == ft.state_dict.keys()
     with pytest.raises(TypeError, match="model reference"):
         hear_mwmae.save_pretrained(torch.nn.Linear(2, 2), tmp_path / "x")
 
