@@ -12,6 +12,11 @@ A fine-tuned model (one with a classifier head) also tags audio:
     logits = hear_mwmae.get_logits(audio, model)              # (n_sounds, n_classes)
     hear_mwmae.tag(audio, model, top_k=5)                     # [[("Speech", 0.93), ...], ...]
     model.labels                                              # class names in output order
+
+Sharing a model on the Hugging Face Hub (model.safetensors, config.json, a README.md model card):
+
+    hear_mwmae.save_pretrained("runs/ft/model.pt", "my-model/")   # then load_model("my-model/")
+    hear_mwmae.push_to_hub("my-model/", "owner/name")             # then load_model("hf://owner/name")
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
         "mwmae-base-4x16-4l", fetched once with `hear-mwmae fetch NAME`), our `.pt` /
         `.safetensors`, an authors' checkpoint (MW-MAE run directory, Audio-MAE `.pth` or
         timm directory; converted on the fly),
-        `hf://owner/repo/path/file.pt[@revision]`, or `hf://owner/repo[@revision]` (a
-        timm-layout Audio-MAE repo such as gaunernst/vit_base_patch16_1024_128.audiomae_as2m).
+        a folder written by `save_pretrained`, `hf://owner/repo/path/file.pt[@revision]`, or
+        `hf://owner/repo[@revision]` (a repo of that layout, or a timm-layout Audio-MAE repo
+        such as gaunernst/vit_base_patch16_1024_128.audiomae_as2m).
     options (also via heareval's `--model-options` JSON):
         device: "cpu", "cuda", "cuda:1", ... (default: cuda if available)
         precision: "fp32" (default), "bf16" or "fp16" (autocast), or "int8" (CPU only: the
@@ -44,8 +50,9 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
         compile: True to run the encoder through torch.compile (default False)
     Options of the wrong type or value raise TypeError / ValueError.
     """
-    from .checkpoint import build_classifier, build_encoder, load_checkpoint
+    from .checkpoint import build_classifier, build_encoder
     from .runtime import MWMAERuntime, check_load_options
+    from .sources import load_checkpoint
 
     options = check_load_options(options)
     ckpt = load_checkpoint(model_file_path or DEFAULT_MODEL, sha256=options.get("sha256"))
@@ -55,6 +62,29 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
         max_chunks_per_batch=options.get("max_chunks_per_batch"), compile=options.get("compile", False),
         classifier=build_classifier(ckpt) if ckpt.config.head is not None else None,
     )
+
+
+def save_pretrained(model_or_ckpt: Any, directory: Any, **options: Any) -> Any:
+    """Write a model as a Hugging Face Hub folder: model.safetensors, config.json and a README.md
+    model card; `load_model(directory)` and, once uploaded, `load_model("hf://owner/name")` read it.
+
+    model_or_ckpt: a model reference (as `load_model` takes), a `checkpoint.Checkpoint`, or a model
+    from `load_model`. Options (`hear_mwmae.hub.save_pretrained`): encoder_only, license,
+    base_model, datasets, eval_results (an `evaluation.run` folder), finetune_results, repo_id,
+    overwrite. Returns the folder's Path.
+    """
+    from .hub import save_pretrained as save
+
+    return save(model_or_ckpt, directory, **options)
+
+
+def push_to_hub(model_or_dir: Any, repo_id: str, **options: Any) -> str:
+    """Upload a model (a folder from `save_pretrained`, or anything it takes) to the Hub repository
+    `repo_id` ("owner/name"); options: private, revision, token, commit_message and those of
+    `save_pretrained`. Returns the commit URL (`hear_mwmae.hub.push_to_hub`)."""
+    from .hub import push_to_hub as push
+
+    return push(model_or_dir, repo_id, **options)
 
 
 def _runtime(model: torch.nn.Module):
@@ -114,5 +144,5 @@ def tag(audio: torch.Tensor, model: torch.nn.Module, top_k: int = 5) -> list[lis
     return [[(labels[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)]
 
 
-__all__ = ["get_logits", "get_scene_embeddings", "get_timestamp_embeddings", "load_model", "scores", "tag",
-           "__version__"]
+__all__ = ["get_logits", "get_scene_embeddings", "get_timestamp_embeddings", "load_model", "push_to_hub",
+           "save_pretrained", "scores", "tag", "__version__"]

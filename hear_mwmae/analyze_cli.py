@@ -61,7 +61,7 @@ def _device(name: str | None) -> str:
 def _load(ref: str, label: str, device: str):
     """(model on `device`, its facts); the checkpoint's own copy of the weights is not kept."""
     from .analysis.recording import from_checkpoint
-    from .checkpoint import load_checkpoint
+    from .sources import load_checkpoint
 
     ckpt = load_checkpoint(ref)
     model = from_checkpoint(ckpt, label, str(ref)).to(device)

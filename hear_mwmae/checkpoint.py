@@ -9,9 +9,9 @@ a classifier (config `head`), `classifier.fc_norm.*` / `classifier.head.*`.
 Format 3 adds the optional classifier head; format 2 (both model families) added the
 frontend `kind` and the model `family`; older files are migrated on load (`migrate`).
 
-`load_checkpoint` accepts a local file, an authors' run directory or Audio-MAE checkpoint
-(converted on the fly), or a Hugging Face Hub reference `hf://owner/repo/path/file.pt[@revision]`
-or `hf://owner/repo[@revision]` (a timm-layout Audio-MAE repo), with an optional sha256 pin.
+`load_checkpoint` accepts a local file, a folder of our Hub layout (`hub.py`: model.safetensors +
+config.json + README.md), or an authors' run directory or Audio-MAE checkpoint (converted on the fly). Names, the Hub (`hf://`) and sha256 pins are resolved to a local path
+one level up, in `sources.py` (`sources.load_checkpoint`, which `hear_mwmae.load_model` uses).
 Loading never unpickles code (the one class allowed besides tensors and containers is the
 `argparse.Namespace` inside the Audio-MAE authors' files).
 """
@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import registry
 from .config import MWMAEConfig
-from .files import atomic_write, describe_magic, safe_reason, sha256_file
+from .files import atomic_write, describe_magic, safe_reason
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +35,6 @@ FORMAT = "hear-mwmae"
 FORMAT_VERSION = 3
 ENCODER_PREFIX = "encoder."
 DECODER_PREFIX = "decoder."
-HOW_TO_GET_WEIGHTS = (
-    "Get the authors' model with `hear-mwmae fetch mwmae-base-4x16-4l` (then load it by that name), "
-    "convert a run directory by hand (weights/README.md), or use the bundled demo `weights/demo-tiny.pt`."
-)
 PRETRAIN_HINT = "export a model from it with `hear-mwmae pretrain-export {run} OUT.pt`"
 
 
@@ -107,65 +101,6 @@ def save_checkpoint(path: str | Path, config: MWMAEConfig, state_dict: dict[str,
 
 
 # ----------------------------------------------------------------------------- loading
-_HF_REF = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<file>[^@]+?)(?:@(?P<rev>[^@]+))?$")
-_HF_REPO = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/@]+))?$")  # a whole (timm-layout) repo
-
-
-def _hub_repo(repo: str, revision: str | None) -> Path:
-    """A timm-layout Hub repo's snapshot folder: config.json + model.safetensors, else pytorch_model.bin."""
-    from huggingface_hub import snapshot_download
-
-    folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["config.json", "model.safetensors"]))
-    if not (folder / "model.safetensors").is_file():
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["config.json", "pytorch_model.bin"]))
-    return folder
-
-
-def resolve(ref: str | Path, sha256: str | None = None) -> Path:
-    """Local path, `hf://owner/repo/path/file[@revision]` -> local file, or `hf://owner/repo[@revision]`
-    (a timm-layout repo: config.json + weights) -> local folder; hash-checked if pinned (for a
-    repo: its weights file).
-
-    Hub files come through `huggingface_hub` (its cache; `HF_HUB_OFFLINE=1` is honoured).
-    """
-    text = str(ref)
-    if text.startswith("hf://"):
-        m = _HF_REF.match(text) or _HF_REPO.match(text)
-        if not m:
-            raise ValueError(f"bad Hub reference {text!r}; expected hf://owner/repo/path/file.pt[@revision] "
-                             "or hf://owner/repo[@revision]")
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError as exc:  # optional dependency
-            raise ImportError("loading from the Hub needs `pip install huggingface_hub`") from exc
-        try:
-            if m.groupdict().get("file"):
-                path = Path(hf_hub_download(m["repo"], m["file"], revision=m["rev"]))
-            else:
-                path = _hub_repo(m["repo"], m["rev"])
-        except Exception as exc:
-            raise FileNotFoundError(
-                f"could not get {text} from the Hugging Face Hub or its local cache "
-                f"({type(exc).__name__}: {exc}). {HOW_TO_GET_WEIGHTS}") from exc
-    elif registry.is_name(text):  # a released model fetched into the cache (`hear-mwmae fetch NAME`)
-        path = registry.cached_file(text)
-    else:
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} not found. {HOW_TO_GET_WEIGHTS}")
-    if sha256 is not None:
-        if path.is_dir():
-            from .convert.audiomae import timm_weights_file
-
-            path_to_hash = timm_weights_file(path)
-        else:
-            path_to_hash = path
-        actual = sha256_file(path_to_hash)
-        if actual.lower() != sha256.lower():
-            raise CheckpointError(f"{text}: sha256 {actual} does not match the pinned {sha256}")
-    return path
-
-
 def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
     """Bring a checkpoint payload of an older format version up to FORMAT_VERSION.
 
@@ -257,10 +192,18 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
-def load_checkpoint(ref: str | Path, sha256: str | None = None) -> Checkpoint:
-    """Load our checkpoint (.pt / .safetensors), a Hub reference, or an authors' run directory."""
-    path = resolve(ref, sha256)
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load our checkpoint (.pt / .safetensors) or an authors' run directory / file, from a local path
+    (`sources.load_checkpoint` also takes names and `hf://` references)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found (names and hf:// references load through "
+                                f"hear_mwmae.load_model or hear_mwmae.sources.load_checkpoint)")
     if path.is_dir():
+        from .hub import is_pretrained_dir, load_pretrained_dir
+
+        if is_pretrained_dir(path):  # our Hub layout (save_pretrained): config.json + model.safetensors
+            return load_pretrained_dir(path)
         if (path / "train_config.json").exists() or (path / "checkpoint.pt").exists():
             raise CheckpointError(f"{path}: a pre-training run directory, not a model checkpoint; "
                                   + PRETRAIN_HINT.format(run=path))
@@ -274,7 +217,7 @@ def load_checkpoint(ref: str | Path, sha256: str | None = None) -> Checkpoint:
         return _load_safetensors(path)
     if kind == "audio":
         raise CheckpointError(f"{path}: an audio file, not a model checkpoint; pass a .pt / .safetensors file, an "
-                              f"authors' run directory or a released model name ({', '.join(registry.names())})")
+                              f"authors' run directory or a released model's name (`hear-mwmae fetch --list`)")
     if kind == "unknown":
         head = _head(path)
         raise CheckpointError(f"{path}: not a model checkpoint: neither a torch file, a safetensors file nor an "

@@ -1,8 +1,10 @@
 """A classifier on the encoder: the fine-tuned model of either family.
 
     tokens of the last block (B, [1 CLS +] K, D)
-      -> pool: mean of the patch tokens ("mean", the Audio-MAE authors' `global_pool`) or the CLS token
-      -> fc_norm (LayerNorm, eps of the model) -> dropout (training only) -> head Linear(D, C)
+      -> pool: mean of the patch tokens ("mean", the Audio-MAE authors' `global_pool`), the CLS
+         token ("cls"), or each frequency patch's mean over time, concatenated ("time": the HEAR
+         scene embedding's layout, (B, grid_f * D); ours)
+      -> fc_norm (LayerNorm, eps of the model) -> dropout (training only) -> head Linear(width, C)
       -> logits (B, C)
 
 This is `models_vit.VisionTransformer(global_pool=True)` of facebookresearch/AudioMAE: its
@@ -36,9 +38,11 @@ class Classifier(nn.Module):
         super().__init__()
         self.cfg = head
         self.has_cls = model.use_cls_token
-        self.fc_norm = nn.LayerNorm(model.embed_dim, eps=model.layer_norm_eps)
+        self.grid_f = model.grid_size[1]
+        width = model.embed_dim * (self.grid_f if head.pooling == "time" else 1)
+        self.fc_norm = nn.LayerNorm(width, eps=model.layer_norm_eps)
         self.drop = nn.Dropout(head.dropout)
-        self.head = nn.Linear(model.embed_dim, head.num_classes)
+        self.head = nn.Linear(width, head.num_classes)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -50,10 +54,16 @@ class Classifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, [1 +] K, D) -> (B, D) after `fc_norm`: mean of the patch tokens, or the CLS token."""
+        """(B, [1 +] K, D) -> (B, width) after `fc_norm`: mean of the patch tokens, the CLS token,
+        or ("time") the tokens as (B, rows, grid_f, D) (whole time rows, time-major: all patches,
+        or masks that remove time rows only) averaged over rows -> (B, grid_f * D)."""
         if self.cfg.pooling == "cls":
             return self.fc_norm(tokens[:, 0])
-        return self.fc_norm((tokens[:, 1:] if self.has_cls else tokens).mean(dim=1))
+        patches = tokens[:, 1:] if self.has_cls else tokens
+        if self.cfg.pooling == "time":
+            b, k, d = patches.shape
+            return self.fc_norm(patches.reshape(b, k // self.grid_f, self.grid_f, d).mean(dim=1).reshape(b, -1))
+        return self.fc_norm(patches.mean(dim=1))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, [1 +] K, D) -> logits (B, num_classes)."""

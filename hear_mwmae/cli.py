@@ -7,6 +7,7 @@
     hear-mwmae tag ...          (see `hear-mwmae tag --help`: labels from a fine-tuned model)
     hear-mwmae pretrain ...     (see `hear-mwmae pretrain --help`)
     hear-mwmae finetune ...     (see `hear-mwmae finetune --help`)
+    hear-mwmae save-pretrained CKPT DIR / push-to-hub CKPT_OR_DIR OWNER/NAME   (the Hugging Face Hub layout)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _convert(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     source = args.run_dir
     if source.startswith("hf://"):  # a timm-layout Hub repo: fetch (or find in the cache) first
-        from .checkpoint import resolve
+        from .sources import resolve
 
         source = resolve(source)
     converted = convert_source(source, checkpoint=args.checkpoint, config_path=args.config,
@@ -48,7 +49,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError, load_checkpoint
+    from .checkpoint import CheckpointError
+    from .model_card import license_of
+    from .registry import describe_license
+    from .sources import load_checkpoint
     from .state_checks import WeightsError, check_state_dict, stored_parts
 
     ckpt = load_checkpoint(args.checkpoint)
@@ -61,7 +65,7 @@ def _info(args: argparse.Namespace) -> int:
                       "parameters": sum(v.numel() for v in ckpt.state_dict.values()),
                       "embedding_size": ckpt.config.model.embedding_size,
                       "weights": "checked: names and shapes match the config, every element stored, all finite",
-                      "provenance": prov}, indent=2))
+                      "license": describe_license(license_of(ckpt.provenance)), "provenance": prov}, indent=2))
     return 0
 
 
@@ -72,12 +76,14 @@ def _fetch(args: argparse.Namespace) -> int:
         for name, m in sorted(registry.MODELS.items()):
             record = registry.read_record(name, args.cache_dir)
             where = registry.cache_dir(args.cache_dir) / m.filename if record else "not fetched"
-            print(f"{name:22s} {m.title:58s} {where}")
+            print(f"{name:22s} {m.title:58s} {registry.describe_license(m.license):30s} {where}")
         if not args.list:
             log.error("name the model to fetch, e.g. hear-mwmae fetch %s", registry.DEFAULT)
         return 0 if args.list else 2
-    record = registry.fetch(args.name, args.cache_dir, force=args.force, keep_source=args.keep_source)
+    record = registry.fetch(args.name, args.cache_dir, force=args.force, keep_source=args.keep_source,
+                            from_authors=args.from_authors)
     print(f"{args.name}: {registry.cache_dir(args.cache_dir) / record['file']}")
+    print(f"  licence {registry.describe_license(record.get('license'))}")
     print(f"  sha256 {record['sha256']}  {record['file']} (converted)")
     for file, sha in record["source_files"].items():
         where = file if file == record["run_dir"] else f"{record['run_dir']}/{file}"
@@ -115,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="cache folder (default $HEAR_MWMAE_CACHE or ~/.cache/hear-mwmae)")
     p.add_argument("--force", action="store_true", help="download and convert again even if cached")
     p.add_argument("--keep-source", action="store_true", help="keep the downloaded run directory (NAME-source/)")
-    p.add_argument("--list", action="store_true", help="list the released models and whether they are cached")
+    p.add_argument("--list", action="store_true", help="list the released models, their licences and whether "
+                   "they are cached")
+    p.add_argument("--from-authors", action="store_true",
+                   help="convert the authors' files even when the model has a Hugging Face Hub copy in our layout")
     p.set_defaults(func=_fetch)
 
     from . import analyze_cli, embed, tag_cli
@@ -128,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune_cli.register(sub)
     analyze_cli.register(sub)
     __import__("hear_mwmae.onnx_export", fromlist=["register"]).register(sub)  # hear-mwmae export-onnx
+    __import__("hear_mwmae.hub_cli", fromlist=["register"]).register(sub)  # save-pretrained, push-to-hub
     return parser
 
 

@@ -281,7 +281,7 @@ class ModelConfig:
         return sum(self.grid_size) if self.mask_2d else self.num_patches
 
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "time")
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,8 @@ class HeadConfig:
     `models_vit.VisionTransformer`, `global_pool=True`).
 
     `pooling`: "mean" = mean of the patch tokens (CLS excluded; the authors' `global_pool`),
-    "cls" = the CLS token (models with one). `labels`: display names in head order;
+    "cls" = the CLS token (models with one), "time" = each frequency patch's mean over time,
+    concatenated (grid_f x D: the HEAR scene embedding's layout; ours). `labels`: display names in head order;
     `label_ids`: machine ids (AudioSet mids, ...) in the same order, or () when there are none;
     `label_source`: where the names come from (e.g. "audioset" or a file name), "" = generic
     `class_i` names. `multi_label`: sigmoid scores / binary cross-entropy (AudioSet), else

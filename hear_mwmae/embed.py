@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import os
 import warnings
@@ -61,9 +60,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, read_audio
 from .embed_index import (INDEX_NAME, EmbedFolderError, FolderLock, Index, input_facts, merge_parts, part_name,
                           redo_reason, remove_outputs, settings_conflicts)
-from .files import atomic_write, sha256_file
+from .files import atomic_write
 from .pretrain.distributed import DistInfo, barrier, gather_objects, init_from_env, shutdown
 from .runtime import LOUD_AUDIO
+from .sources import checkpoint_sha256
 
 log = logging.getLogger(__name__)
 
@@ -185,31 +185,6 @@ def find_jobs(inputs: Iterable[str | Path], mode: str, exclude: Iterable[str | P
 
 
 # ----------------------------------------------------------------------------- settings
-def checkpoint_sha256(ref: str) -> str:
-    """The sha256 identifying a model reference's bytes: the file's, or for a run / timm directory
-    the sha256 of its config.json's and weights' sha256s."""
-    from . import registry
-    from .checkpoint import resolve
-
-    if registry.is_name(ref):  # a fetched model: its file was just checked against the recorded sha256
-        registry.cached_file(ref)
-        return str((registry.read_record(ref) or {})["sha256"])
-    path = resolve(ref)
-    if path.is_file():
-        return sha256_file(path)
-    from .convert import ConversionError, find_checkpoint
-
-    try:
-        weights = find_checkpoint(path)
-    except ConversionError:
-        from .convert.audiomae import timm_weights_file
-
-        weights = timm_weights_file(path)
-    parts = [path / "config.json", *([weights] if weights.is_file() else sorted(weights.rglob("*")))]
-    digests = [f"{p.relative_to(path)}:{sha256_file(p)}" for p in parts if p.is_file()]
-    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
-
-
 def check_device(name: str | None) -> None:
     """Raise UsageError with the fix when `--device name` cannot be used on this machine."""
     from .runtime import check_device as check

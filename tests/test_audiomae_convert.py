@@ -309,7 +309,7 @@ def test_timm_config_problems(fixture_checkpoint, tmp_path, change, message):
 HUB_SCRIPT = r"""
 import json, sys, torch, numpy as np
 import hear_mwmae
-from hear_mwmae.checkpoint import load_checkpoint
+from hear_mwmae.sources import load_checkpoint
 from hear_mwmae.cli import main
 wave = torch.from_numpy(np.load(sys.argv[1]))[None]
 commit, digest, out = sys.argv[2], sys.argv[3], sys.argv[4]

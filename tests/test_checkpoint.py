@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import hear_mwmae
-from hear_mwmae.checkpoint import (Checkpoint, CheckpointError, build_encoder, build_mwmae, load_checkpoint, resolve,
+from hear_mwmae import sources
+from hear_mwmae.checkpoint import (Checkpoint, CheckpointError, build_encoder, build_mwmae, load_checkpoint,
                                    save_checkpoint)
 from hear_mwmae.files import sha256_file
 
@@ -119,7 +120,7 @@ def test_run_directory_is_converted_on_the_fly(converted, caplog, fixture_checkp
 
 def test_sha256_pin(tiny_checkpoint):
     digest = sha256_file(tiny_checkpoint)
-    assert resolve(tiny_checkpoint, sha256=digest) == tiny_checkpoint
+    assert sources.resolve(tiny_checkpoint, sha256=digest) == tiny_checkpoint
     with pytest.raises(CheckpointError, match="does not match the pinned"):
         hear_mwmae.load_model(str(tiny_checkpoint), sha256="0" * 64)
 
@@ -149,8 +150,28 @@ def test_hub_reference_resolves_offline_from_the_cache(tiny_checkpoint, tmp_path
     model = hear_mwmae.load_model("hf://someone/mwmae/sub/tiny.pt", device="cpu", sha256=digest)
     assert model.scene_embedding_size == 960
     with pytest.raises(FileNotFoundError, match="Hugging Face Hub"):
-        load_checkpoint("hf://someone/mwmae/sub/missing.pt")
+        sources.load_checkpoint("hf://someone/mwmae/sub/missing.pt")
     with pytest.raises(FileNotFoundError):
-        load_checkpoint("hf://someone/mwmae/sub/tiny.pt@v2")  # revision not in the cache, offline
+        sources.load_checkpoint("hf://someone/mwmae/sub/tiny.pt@v2")  # revision not in the cache, offline
     with pytest.raises(ValueError, match="bad Hub reference"):
-        load_checkpoint("hf://only-owner")
+        sources.load_checkpoint("hf://only-owner")
+
+
+def _imports(module_file) -> set[str]:
+    """Every package module a source file imports, at the top or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(module_file.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {a.name for a in node.names}
+    return found
+
+
+def test_names_and_the_hub_resolve_above_the_format_and_the_registry():
+    """checkpoint.py (the format) imports neither registry.py nor sources.py; registry.py saves
+    through checkpoint.py and does not resolve; sources.py sits above both. No import circle."""
+    package = REPO / "hear_mwmae"
+    assert not _imports(package / "checkpoint.py") & {"registry", "sources"}
+    assert "sources" not in _imports(package / "registry.py")
+    assert {"registry", "checkpoint"} <= _imports(package / "sources.py")

@@ -57,7 +57,8 @@ def test_finetune_writes_a_model_that_tags_through_the_public_api(tasks, referen
     epochs = [r for r in read_metrics(out / "metrics.jsonl") if "valid_top1_acc" in r]
     assert [r["epoch"] for r in epochs] == [1.0, 2.0]  # validated after every epoch
     ckpt = load_checkpoint(out / "model.pt")
-    assert ckpt.config.head.labels == ("high", "low", "mid", "top") and not ckpt.config.model.final_norm
+    assert ckpt.config.head.labels == ("high", "low", "mid", "top") and ckpt.config.head.pooling == "time"
+    assert ckpt.config.model.final_norm and ckpt.config.chunk_frames == 104  # cpu-small: 1.04 s chunks
     assert ckpt.provenance["recipe"] == "cpu-small" and ckpt.provenance["base_model"] == DEMO
     assert ckpt.provenance["epoch"] == results["epoch"] and ckpt.encoder_only
     model = hear_mwmae.load_model(str(out / "model.pt"), device="cpu")

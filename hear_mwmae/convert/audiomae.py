@@ -436,6 +436,7 @@ def convert_payload(obj: Any, source: Path, *, num_heads: int | None = None,
         "source_sha256": sha256 or sha256_file(source), "epoch": int(epoch) if isinstance(epoch, int) else None,
         "step": int(epoch) if isinstance(epoch, int) else None, "model_name": name, "heads_from": heads_from,
         "dropped_keys": dropped, "source_args": _plain(args), "converter_version": CONVERTER_VERSION,
+        "license": "CC-BY-NC-4.0",  # the Audio-MAE repository's and weights' (non-commercial)
     }
     return Converted(MWMAEConfig(cfg, FbankConfig(), head), converted, provenance)
 
@@ -506,6 +507,7 @@ def convert_timm_dir(directory: str | Path, *, weights: Path | None = None,
         "source_dir": str(directory), "source_sha256": sha256_file(weights), "epoch": None, "step": None,
         "model_name": arch, "heads_from": heads_from, "dropped_keys": dropped,
         "source_config": _plain(timm_cfg), "converter_version": CONVERTER_VERSION,
+        "license": "CC-BY-NC-4.0",  # the timm copies carry the Audio-MAE weights' licence (non-commercial)
     }
     return Converted(MWMAEConfig(cfg, FbankConfig(), head), converted, provenance)
 

@@ -32,15 +32,17 @@ NO_WEIGHT_DECAY = ("encoder.cls_token", "encoder.pos_embed")  # the authors' no_
 
 def finetuned_config(base: MWMAEConfig, head: HeadConfig, cfg: FinetuneConfig) -> MWMAEConfig:
     """The config of the model `cfg` makes from `base`: its head, no final norm under mean
-    pooling, the chunk length and fbank statistics of the recipe."""
+    pooling (the authors' model; "cls" / "time" pooling keep it: "time" then starts from the
+    HEAR scene embedding), the chunk length (shorter chunks: rounded up to whole patch rows)
+    and fbank statistics of the recipe."""
     model, frontend = base.model, base.frontend
     if head.pooling == "mean":
         model = dataclasses.replace(model, final_norm=False)
-    if cfg.chunk_frames and cfg.chunk_frames != model.img_size[0]:
-        if cfg.chunk_frames > model.img_size[0] or cfg.chunk_frames % model.patch_size[0]:
-            raise ValueError(f"chunk_frames {cfg.chunk_frames}: a chunk can only shrink, to a multiple of the "
-                             f"{model.patch_size[0]}-frame patch (the model has {model.img_size[0]} frames)")
-        model = dataclasses.replace(model, img_size=(cfg.chunk_frames, model.img_size[1]))
+    rows = -(-cfg.chunk_frames // model.patch_size[0])  # whole patch rows
+    if cfg.chunk_frames and rows * model.patch_size[0] < model.img_size[0]:  # a chunk only shrinks
+        # a fine-tuned model has no decoder: a plain one is described, whatever windows fitted the old grid
+        model = dataclasses.replace(model, img_size=(rows * model.patch_size[0], model.img_size[1]),
+                                    decoder_kind="mwmha", decoder_window_sizes=(), decoder_global_blocks=0)
     if cfg.norm_mean is not None:
         if frontend.kind != "kaldi_fbank":
             raise ValueError("norm_mean / norm_std replace Audio-MAE's fbank statistics; MW-MAE normalises per clip")
@@ -48,6 +50,8 @@ def finetuned_config(base: MWMAEConfig, head: HeadConfig, cfg: FinetuneConfig) -
     if cfg.masking and model.window_sizes:
         raise ValueError("token masking needs a global-attention encoder (windows need whole sequences); "
                          "set mask_t_prob=0 and mask_f_prob=0")
+    if head.pooling == "time" and cfg.mask_f_prob > 0:
+        raise ValueError("pooling 'time' keeps each frequency patch: it takes time masks only (mask_f_prob=0)")
     return MWMAEConfig(model, frontend, head)
 
 

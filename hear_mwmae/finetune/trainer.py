@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, save_checkpoint
 from ..classifier import PREFIX
 from ..config import HeadConfig
 from ..files import atomic_write
@@ -37,6 +37,7 @@ from ..pretrain.data import SKIPPED_NAME, SkippedFiles
 from ..pretrain.metrics import METRICS_NAME, PLOT_NAME, MetricsLog, plot_loss_curve
 from ..pretrain.state import CHECKPOINT_NAME, load_train_state, restore_rng, save_train_state
 from ..pretrain.trainer import pick_device
+from ..sources import checkpoint_sha256, load_checkpoint
 from . import data as fdata
 from .dataset import EpochSampler, FinetuneDataset, Shapes, collate, sample_weights
 from .evaluate import runtime_of, score_split
@@ -82,8 +83,6 @@ def finetune(cfg: FinetuneConfig, model: str | Path, task: str | Path, run_dir: 
     run_dir = Path(run_dir)
     data = fdata.load(task, valid=valid, test=test, labels=labels, multi_label=cfg.multi_label, seed=cfg.seed)
     ckpt = load_checkpoint(model, sha256=sha256)
-    from ..embed import checkpoint_sha256
-
     base = {"model": str(model), "sha256": checkpoint_sha256(str(model)), "provenance": ckpt.provenance}
     sources = {"model": str(model), "task": str(task), "valid": _opt(valid), "test": _opt(test),
                "labels": _opt(labels)}
