@@ -60,7 +60,7 @@ def test_mean_pooling_leaves_out_the_cls_token_and_drops_the_final_norm():
     (dict(labels=("a", "b")), "3 classes but 2 label names"),
     (dict(labels=("a", "b", "a")), "label names repeat: \\['a'\\]"),
     (dict(label_ids=("/m/1",)), "3 classes but 1 label ids"),
-    (dict(num_classes=0, labels=()), "num_classes must be an int >= 1"),
+    (dict(num_classes=0, labels=()), "num_classes must be an integer in \\[1, 100000\\], got 0"),
     (dict(pooling="max"), "pooling must be one of"),
     (dict(dropout=1.0), "dropout must be in"),
 ])

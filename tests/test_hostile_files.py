@@ -23,7 +23,8 @@ import torch
 from benchmarks.convert_bench import get_leaf, pack_array, set_leaf
 from hear_mwmae import cli
 from hear_mwmae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from hear_mwmae.config import ENCODER_SIZES, FbankConfig, FrontendConfig, ModelConfig, MWMAEConfig, audiomae_config
+from hear_mwmae.config import (ENCODER_SIZES, FbankConfig, FrontendConfig, HeadConfig, ModelConfig, MWMAEConfig,
+                               audiomae_config)
 from hear_mwmae.convert import ConversionError, convert_source, read_flax_msgpack
 from hear_mwmae.convert.audiomae import load_pickle_safely
 from hear_mwmae.convert.flax_files import MAX_NESTING, read_tree
@@ -183,6 +184,19 @@ def test_model_config_values_are_typed_and_bounded(field, value, message):
 def test_frontend_config_values_are_typed_and_bounded(kind, field, value, message):
     with pytest.raises(ValueError) as info:
         kind(**{field: value})
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(labels="abc"), "head labels must be a list"),  # was split into ('a', 'b', 'c')
+    (dict(num_classes=3.0), "head num_classes must be an integer in [1, 100000], got 3.0"),
+    (dict(num_classes=10**6, labels=()), "head num_classes must be an integer in [1, 100000]"),
+    (dict(dropout="0.1"), "head dropout must be a finite number"),  # was a TypeError
+    (dict(multi_label="yes"), "head multi_label must be true or false"),
+])
+def test_head_config_values_are_typed_and_bounded(change, message):
+    with pytest.raises(ValueError) as info:
+        HeadConfig(**{"num_classes": 3, "labels": ("a", "b", "c"), **change})
     assert message in str(info.value)
 
 
