@@ -1,8 +1,10 @@
-"""File helpers shared by the package: SHA-256 of a file, crash-safe writes, why a safe load refused a file."""
+"""File helpers shared by the package: SHA-256 of a file, crash-safe writes, why a path leads to no file,
+why a safe load refused a file."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -57,10 +59,28 @@ def try_lock(path: str | Path) -> Any:
     return lock
 
 
+def describe_missing(path: str | Path) -> str:
+    """Why `path` (which does not lead to a file) cannot be read: a missing entry, a broken or
+    looping symbolic link, a permission problem."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop (the link leads back to itself)"
+        if os.path.islink(path) and exc.errno == errno.ENOENT:
+            return f"a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "no such file or directory"
+        return (exc.strerror or str(exc)).lower()
+    return "not a regular file"
+
+
 def refused_pickle_reason(exc: BaseException) -> str:
     """What `torch.load(weights_only=True)` refused, from its UnpicklingError, without torch's
-    advice to reload with weights_only=False (never do that with an untrusted file)."""
+    advice (to reload with weights_only=False, or to allow-list the class: never do either
+    with an untrusted file)."""
     for line in str(exc).splitlines():
         if re.search(r"unsupported global|WeightsUnpickler error|not an allowed global", line, re.IGNORECASE):
-            return line.strip()
+            line = re.sub(r"^WeightsUnpickler error:\s*", "", line.strip())
+            return re.split(r"\.?\s+(?:Please|Check|Re-running)\b", line)[0]
     return "an object that weights-only loading does not allow"

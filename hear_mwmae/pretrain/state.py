@@ -12,14 +12,16 @@ saved anyway so that any other use of the global generators also continues exact
 
 from __future__ import annotations
 
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, refused_pickle_reason
 
 TRAIN_FORMAT = "hear-mwmae-train"
 TRAIN_FORMAT_VERSION = 1
@@ -81,7 +83,15 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # never torch's advice to retry with weights_only=False
+        raise ValueError(f"{path}: refused: it pickles objects other than tensors and plain containers, which are "
+                         f"never unpickled with code execution ({refused_pickle_reason(exc)}); `hear-mwmae pretrain` "
+                         f"writes none, so this file comes from elsewhere") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable training checkpoint (truncated or corrupt?): "
+                         f"{' '.join(str(exc).split())}") from exc
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
         raise ValueError(f"{path} is not a hear-mwmae training checkpoint")
     if state.get("format_version") != TRAIN_FORMAT_VERSION:
