@@ -130,15 +130,16 @@ def _prepare_folder(out_dir: Path, plan: Plan, settings: dict[str, Any], force: 
     refuse (or, with `force`, clear) results of other settings, and account for inputs that
     disappeared. Returns (inputs removed by this run with their status, every input in this
     run's scope that no longer exists: a missing file named again is a removal, not an error)."""
+    message, keys = settings_conflicts(Index(out_dir), settings)  # refused: before anything is touched
+    if keys and not force:
+        raise EmbedFolderError(f"{out_dir} holds embeddings made with other settings: {message}. Use another "
+                               f"--out, or --force to delete those outputs and re-embed with this run's settings")
     if clean_temporary(out_dir):
         log.info("%s: removed temporary files left by an interrupted run", out_dir)
     ensure_layout(out_dir)
     merge_parts(out_dir)
     index = Index(out_dir)
     message, keys = settings_conflicts(index, settings)
-    if keys and not force:
-        raise EmbedFolderError(f"{out_dir} holds embeddings made with other settings: {message}. Use another "
-                               f"--out, or --force to delete those outputs and re-embed with this run's settings")
     if keys:
         deleted = remove_outputs(index, keys, settings)
         log.warning("--force: deleted %d output file(s) of %d input(s) made with other settings (%s)",

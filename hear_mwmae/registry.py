@@ -427,5 +427,5 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False, kee
 
 
 __all__ = ["AUDIOMAE_REPO", "CACHE_ENV", "DEFAULT", "KINDS", "MODELS", "RELEASE_FOLDER", "FetchError", "ReleasedModel",
-           "by_hand", "cache_dir", "cached_file", "fetch", "from_local_copy", "gdown_download", "get", "is_name", "names",
-           "read_record"]
+           "by_hand", "cache_dir", "cached_file", "fetch", "from_local_copy", "gdown_download", "get", "is_name",
+           "names", "read_record"]

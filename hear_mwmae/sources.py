@@ -133,7 +133,8 @@ def _from_hub(text: str) -> Path:
             return Path(hub.hf_hub_download(repo, file, revision=rev))
         folder = Path(hub.snapshot_download(repo, revision=rev, allow_patterns=["config.json", "model.safetensors"]))
         if not (folder / "model.safetensors").is_file():
-            folder = Path(hub.snapshot_download(repo, revision=rev, allow_patterns=["config.json", "pytorch_model.bin"]))
+            folder = Path(hub.snapshot_download(repo, revision=rev,
+                                                allow_patterns=["config.json", "pytorch_model.bin"]))
         return folder
     except Exception as exc:  # huggingface_hub's error types differ between its versions: sorted by name
         raise FileNotFoundError(_hub_failure(text, repo, file, rev, exc)) from exc
@@ -144,7 +145,8 @@ def _hub_failure(text: str, repo: str, file: str | None, rev: str | None, exc: B
     kinds = {c.__name__ for c in type(exc).__mro__}
     what = f"{repo}{'/' + file if file else ''}{'@' + rev if rev else ''}"
     if "LocalEntryNotFoundError" in kinds or "OfflineModeIsEnabled" in kinds:
-        download = f"hf download {repo}{' ' + file if file else ''}{' --revision ' + rev if rev else ''} --local-dir DIR"
+        download = (f"hf download {repo}{' ' + file if file else ''}{' --revision ' + rev if rev else ''} "
+                    f"--local-dir DIR")
         return (f"cannot get {text}: it is not in the local Hugging Face cache and the Hub cannot be reached "
                 f"(offline, or HF_HUB_OFFLINE=1). Download it where there is a network (`{download}`, the "
                 f"huggingface_hub command line), copy DIR here and pass {'DIR/' + file if file else 'DIR'} instead")

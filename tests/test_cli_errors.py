@@ -126,11 +126,14 @@ def hostile(tmp_path_factory, tiny_checkpoint, wav) -> dict[str, Path]:
     run.mkdir()
     torch.save({"format": "hear-mwmae-train", "format_version": 1, "train_config": {}, "x": fractions.Fraction(1, 3)},
                run / "checkpoint.pt")
+    (root / "bare").mkdir()
+    torch.save({"format": "hear-mwmae-train", "format_version": 1}, root / "bare" / "checkpoint.pt")
     (root / "data").mkdir()
     sf.write(root / "data" / "a.wav", np.zeros(16000, np.float32), 16000)
     (root / "loop.wav").symlink_to("loop.wav")
     (root / "text.wav").write_text("hello, not audio")
-    return {"pickled": _pickled_model(root / "pickled.pt"), "run": run, "data": root / "data",
+    return {"pickled": _pickled_model(root / "pickled.pt"), "run": run, "bare_run": root / "bare",
+            "data": root / "data",
             "loop": root / "loop.wav", "text": root / "text.wav", "root": root, "tiny": tiny_checkpoint, "wav": wav}
 
 
@@ -180,15 +183,16 @@ CASES = {
     "export-onnx hf:// without huggingface_hub": (["export-onnx", HF, "{tmp}/o.onnx"], "no hub", 2, NO_HUB),
     "analyze without matplotlib": (["analyze", "attention", "{tiny}", "--synthetic", "--out", "{tmp}/a"],
                                    "no matplotlib", 2, "matplotlib is needed for the figures (or pass --no-figures)"),
-    "export-onnx without onnx": (["export-onnx", "{tiny}", "{tmp}/o.onnx"], "no onnx", 2, "pip install 'hear-mwmae[onnx]'"),
+    "export-onnx without onnx": (["export-onnx", "{tiny}", "{tmp}/o.onnx"], "no onnx", 2,
+                                 "pip install 'hear-mwmae[onnx]'"),
     "fetch without gdown": (["fetch", "audiomae-base-as2m", "--cache-dir", "{tmp}/c"], "no gdown", 2,
                             "downloading needs gdown: pip install 'hear-mwmae[fetch]'"),
     # a pickled object where weights are expected
     "pretrain-export of a pickling checkpoint.pt": (["pretrain-export", "{run}", "{tmp}/o.pt"], None, 2, REFUSED),
     "pretrain --resume of a pickling checkpoint.pt": (["pretrain", "--resume", "--data", "{data}", "--out", "{run}"],
                                                       None, 2, REFUSED),
-    "pretrain --recipe --resume of a pickling checkpoint.pt": (["pretrain", "--recipe", "demo-tiny", "--resume",
-                                                                "--data", "{data}", "--out", "{run}"], None, 2, REFUSED),
+    "pretrain --recipe --resume of a pickling checkpoint.pt": (
+        ["pretrain", "--recipe", "demo-tiny", "--resume", "--data", "{data}", "--out", "{run}"], None, 2, REFUSED),
     "info on a pickling model": (["info", "{pickled}"], None, 2, "refused: the file pickles objects other than"),
     "embed with a pickling model": (["embed", "--model", "{pickled}", "{wav}", "--out", "{tmp}/o"], None, 2,
                                     "refused: the file pickles objects other than"),
@@ -201,7 +205,8 @@ CASES = {
                       "failed: no network (ConnectionError: cannot reach drive.google.com); to fetch it by hand: "
                       "download pretrained.pth from https://drive.google.com/file/d/"),
     "fetch of a run offline": (["fetch", "mwmae-base-4x16-4l", "--cache-dir", "{tmp}/c"], "offline", 2,
-                               "to fetch it by hand: download the folder mwmae_base_200_4x16_8x128_default_bfloat16_run1"),
+                               "to fetch it by hand: download the folder "
+                               "mwmae_base_200_4x16_8x128_default_bfloat16_run1"),
     "info hf:// offline": (["info", HF], "offline", 2, OFFLINE_HUB),
     "embed hf:// offline": (["embed", "--model", HF, "{wav}", "--out", "{tmp}/o"], "offline", 2, OFFLINE_HUB),
     "convert hf:// offline": (["convert", HF, "{tmp}/o.pt"], "offline", 2, OFFLINE_HUB),
@@ -215,6 +220,8 @@ CASES = {
     "convert a text file": (["convert", "{text}", "{tmp}/o.pt"], None, 2, "text.wav"),
     "pretrain-export of a missing run": (["pretrain-export", "{root}/nothing", "{tmp}/o.pt"], None, 2,
                                          "no training checkpoint at"),
+    "pretrain-export of an incomplete run": (["pretrain-export", "{bare_run}", "{tmp}/o.pt"], None, 2,
+                                             "incomplete training checkpoint (no usable 'train_config')"),
     "analyze --audio of a missing folder": (["analyze", "pwcca", "{tiny}", "--audio", "{root}/nothing", "--no-figures",
                                              "--out", "{tmp}/a"], None, 2, "nothing"),
 }

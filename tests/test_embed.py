@@ -398,7 +398,8 @@ def test_bad_files_are_reported_and_the_rest_still_embedded(tmp_path, checkpoint
     index = read_index(out)
     assert index["good1.wav"]["status"] == index["good2.wav"]["status"] == "ok"
     assert out_file(out, src / "good1.wav").is_file() and out_file(out, src / "z" / "good2.wav").is_file()
-    for name, reason in [("garbage.wav", "error: not audio, or corrupt"), ("zero_bytes.wav", "error: empty file (0 bytes)"),
+    for name, reason in [("garbage.wav", "error: not audio, or corrupt"),
+                         ("zero_bytes.wav", "error: empty file (0 bytes)"),
                          ("no_frames.wav", "empty audio"), ("nan.wav", "NaN"), ("missing.wav", "no such file")]:
         assert index[name]["status"] != "ok" and reason in index[name]["status"], index[name]
         assert not out_file(out, src / name).exists()

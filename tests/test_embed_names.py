@@ -295,3 +295,28 @@ def test_find_jobs_gives_each_input_one_entry(tmp_path):
         "loop.wav": "error: unreadable: a symbolic link loop (the link leads back to itself)",
         "broken.wav": "error: unreadable: a broken symbolic link (to nowhere.wav, which does not exist)"}
     assert plan.not_audio == []
+
+
+def test_an_unreadable_input_says_permission_denied(tmp_path, tiny_checkpoint, monkeypatch):
+    """Before: libsndfile's "System error."."""
+    from hear_mwmae import audio as audio_mod
+
+    write(tmp_path / "in" / "locked.wav", tone(0.5, 1))
+    write(tmp_path / "in" / "fine.wav", tone(0.5, 2))
+    locked = str(canonical(tmp_path / "in" / "locked.wav"))
+    if os.geteuid() != 0:  # a real permission problem (root reads anything)
+        os.chmod(locked, 0)
+    else:
+        real_open = open
+
+        def denied(path, *args, **kwargs):
+            if os.fspath(path) == locked:
+                raise PermissionError(13, "Permission denied", locked)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(audio_mod, "open", denied, raising=False)
+    out = tmp_path / "out"
+    assert cli("--model", tiny_checkpoint, tmp_path / "in", "--out", out) == 1
+    index = records(out)
+    assert index[locked]["status"] == "error: unreadable: permission denied"
+    assert index[str(canonical(tmp_path / "in" / "fine.wav"))]["status"] == "ok"

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 8 -m hear_mwmae.cli pretrain --recipe released --data as.csv --out runs/as
     torchrun --nnodes 8 --nproc_per_node 8 ... -m hear_mwmae.cli pretrain --recipe audiomae-base ...
     hear-mwmae pretrain --recipe audiomae-cpu-small --set model.mask_2d=true --data data/demo10 --out runs/a
-    hear-mwmae pretrain-export runs/demo weights/demo-tiny.pt
+    hear-mwmae pretrain-export runs/demo demo.pt
     hear-mwmae pretrain --list-recipes
 """
 
