@@ -89,7 +89,6 @@ log = logging.getLogger(__name__)
 
 WINDOW_FILES = 16  # decode at most this many files before embedding them ...
 WINDOW_SAMPLES = SAMPLE_RATE * 600  # ... or about 10 min of 16 kHz audio, whichever comes first
-GONE = "removed: input no longer exists"
 
 
 @dataclass
@@ -144,6 +143,14 @@ def _prepare_folder(out_dir: Path, plan: Plan, settings: dict[str, Any], force: 
         deleted = remove_outputs(index, keys, settings)
         log.warning("--force: deleted %d output file(s) of %d input(s) made with other settings (%s)",
                     deleted, len(keys), message)
+    removed, gone = _account_removed(index, plan, keep_removed)
+    index.compact()
+    return removed, gone
+
+
+def _account_removed(index: Index, plan: Plan, keep_removed: bool) -> tuple[list[tuple[str, str]], set[str]]:
+    """Records of inputs in this run's scope that are no longer there become "removed" (outputs
+    deleted unless `keep_removed`); see `_prepare_folder` for what is returned."""
     seen = plan.inputs()
     named_missing = {i for i, reason in plan.failed if reason == "error: no such file or directory"}
     removed, gone = [], set()
@@ -151,21 +158,22 @@ def _prepare_folder(out_dir: Path, plan: Plan, settings: dict[str, Any], force: 
         if key in named_missing:  # named again, gone: a removal if it ever had outputs, else still an error
             if str(record.get("status")).startswith(("error:", "skipped:")):
                 continue
-        elif key in seen or not in_scope(key, plan) or not is_gone(key):
-            continue
-        gone.add(key)
-        if key in named_missing:
             log.warning("%s: no such file any more; its record says removed", key)
-        kept = keep_removed and any((out_dir / p).is_file() for p in outputs_of(record))
-        status = GONE + ("; outputs kept (--keep-removed)" if kept else "")
+            why = "input no longer exists"
+        else:
+            why = "" if key in seen or not in_scope(key, plan) else is_gone(key)
+            if not why:
+                continue
+        gone.add(key)
+        kept = keep_removed and any((index.out_dir / p).is_file() for p in outputs_of(record))
+        status = f"removed: {why}" + ("; outputs kept (--keep-removed)" if kept else "")
         if record.get("status") == status:  # accounted for by an earlier run
             continue
         if not kept:
-            delete_outputs(out_dir, outputs_of(record))
+            delete_outputs(index.out_dir, outputs_of(record))
         index.add({"input": key, "output": record.get("output"), "timestamps": record.get("timestamps"),
                    "status": status})
         removed.append((key, status))
-    index.compact()
     return removed, gone
 
 

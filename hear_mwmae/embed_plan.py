@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable
@@ -191,15 +192,16 @@ def in_scope(input_path: str, plan: Plan) -> bool:
     return any(path == s or s in path.parents for s in plan.scope)
 
 
-def is_gone(input_path: str) -> bool:
-    """True when nothing exists at `input_path` any more (not: when it cannot be looked at)."""
+def is_gone(input_path: str) -> str:
+    """Why `input_path` is no longer an input ("input no longer exists", or it is a folder now), or
+    "" when it still is one, or cannot be looked at (a permission problem is no deletion)."""
     try:
-        os.lstat(input_path)
+        st = os.lstat(input_path)
     except (FileNotFoundError, NotADirectoryError):
-        return True
+        return "input no longer exists"
     except OSError:
-        return False
-    return False
+        return ""
+    return "input no longer exists (a folder now)" if stat.S_ISDIR(st.st_mode) else ""
 
 
 __all__ = ["Job", "Plan", "canonical", "find_jobs", "in_scope", "is_gone", "output_names"]

@@ -267,3 +267,18 @@ def test_a_real_process_prints_one_line(hostile, tmp_path):
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert REFUSED in done.stderr and "weights_only" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_option_of_every_subcommand_has_help():
+    """`--precision` had none; `hear-mwmae X --help` should explain every flag it lists."""
+    import argparse
+
+    def missing(parser: argparse.ArgumentParser, name: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    yield from missing(subparser, f"{name} {sub}")
+            elif action.option_strings and not action.help:
+                yield f"{name} {'/'.join(action.option_strings)}"
+
+    assert list(missing(cli.build_parser(), "hear-mwmae")) == []

@@ -148,6 +148,19 @@ def test_deleted_inputs_are_removed_or_kept_and_listed(tmp_path, tiny_checkpoint
     assert not out_file(out, src / "sub" / "c.wav").parent.exists()  # emptied folders go too
     assert index[str(canonical(src / "b.wav"))]["status"] == "ok"
     assert sorted(p.name for p in out.rglob("*.npy")) == ["b.wav.npy"]
+    (src / "b.wav").unlink()  # a file replaced by a folder of its name: skipped, its old outputs go
+    write(src / "b.wav" / "inner.flac", tone(0.5, 7), format="FLAC")
+    write(src / "notes.txt", tone(0.5, 8))  # audio under another extension, named on the command line
+    assert cli("--model", tiny_checkpoint, src, src / "notes.txt", "--out", out) == 0
+    assert records(out)[str(canonical(src / "notes.txt"))]["status"] == "ok"
+    (src / "notes.txt").unlink()
+    (src / "notes.txt").mkdir()  # a folder now, that no search reports (not named like audio)
+    assert cli("--model", tiny_checkpoint, src, "--out", out) == 0
+    index = records(out)
+    assert index[str(canonical(src / "b.wav"))]["status"].startswith("skipped: a directory named like an audio file")
+    assert index[str(canonical(src / "b.wav" / "inner.flac"))]["status"] == "ok"
+    assert index[str(canonical(src / "notes.txt"))]["status"] == "removed: input no longer exists (a folder now)"
+    assert sorted(p.name for p in out.rglob("*.npy")) == ["inner.flac.npy"]
 
 
 def test_a_run_over_other_folders_leaves_absent_inputs_alone(tmp_path, tiny_checkpoint):
