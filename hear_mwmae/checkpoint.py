@@ -1,14 +1,16 @@
 """Our checkpoint format: one file holding the config, the state dict and provenance.
 
 `.pt`: a plain dict loadable with `torch.load(weights_only=True)`:
-    {"format": "hear-mwmae", "format_version": 2, "config": MWMAEConfig.to_dict(),
+    {"format": "hear-mwmae", "format_version": 3, "config": MWMAEConfig.to_dict(),
      "encoder_only": bool, "provenance": {...}, "state_dict": {key: tensor}}
 `.safetensors`: the state dict, with format/config/provenance as JSON strings in the metadata.
-Format 2 (both model families) adds the frontend `kind` and the model `family` and its
-fields to the config; format 1 files (MW-MAE only) are migrated on load (`migrate`).
+State-dict keys: `encoder.*`, `decoder.*` (absent when `encoder_only`) and, for a model with
+a classifier (config `head`), `classifier.fc_norm.*` / `classifier.head.*`.
+Format 3 adds the optional classifier head; format 2 (both model families) added the
+frontend `kind` and the model `family`; older files are migrated on load (`migrate`).
 
-`load_checkpoint` accepts a local file, or an authors' run directory or Audio-MAE checkpoint
-(converted on the fly). Names, the Hub (`hf://`) and sha256 pins are resolved to a local path
+`load_checkpoint` accepts a local file, a folder of our Hub layout (`hub.py`: model.safetensors +
+config.json + README.md), or an authors' run directory or Audio-MAE checkpoint (converted on the fly). Names, the Hub (`hf://`) and sha256 pins are resolved to a local path
 one level up, in `sources.py` (`sources.load_checkpoint`, which `hear_mwmae.load_model` uses).
 Loading never unpickles code (the one class allowed besides tensors and containers is the
 `argparse.Namespace` inside the Audio-MAE authors' files).
@@ -30,8 +32,9 @@ from .files import atomic_write
 log = logging.getLogger(__name__)
 
 FORMAT = "hear-mwmae"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ENCODER_PREFIX = "encoder."
+DECODER_PREFIX = "decoder."
 PRETRAIN_HINT = "export a model from it with `hear-mwmae pretrain-export {run} OUT.pt`"
 
 
@@ -48,8 +51,17 @@ class Checkpoint:
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights with the `encoder.` prefix removed."""
-        n = len(ENCODER_PREFIX)
-        return {k[n:]: v for k, v in self.state_dict.items() if k.startswith(ENCODER_PREFIX)}
+        return _strip(self.state_dict, ENCODER_PREFIX)
+
+    def classifier_state_dict(self) -> dict[str, torch.Tensor]:
+        """The classifier's weights (`fc_norm.*`, `head.*`); empty for a model without one."""
+        from .classifier import PREFIX
+
+        return _strip(self.state_dict, PREFIX)
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 # ----------------------------------------------------------------------------- saving
@@ -57,14 +69,20 @@ def save_checkpoint(path: str | Path, config: MWMAEConfig, state_dict: dict[str,
                     provenance: dict[str, Any] | None = None, encoder_only: bool = False) -> Path:
     """Write a checkpoint atomically (`.pt` or `.safetensors`, by suffix). Returns the path.
 
-    `state_dict` holds full-model keys (`encoder.*`, `decoder.*`); with `encoder_only`
-    the decoder weights are left out.
+    `state_dict` holds full-model keys (`encoder.*`, `decoder.*`, `classifier.*` when the
+    config has a head); with `encoder_only` the decoder weights are left out.
     """
+    from .classifier import PREFIX
+
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()
-             if not encoder_only or k.startswith(ENCODER_PREFIX)}
+             if not (encoder_only and k.startswith(DECODER_PREFIX))}
     if not any(k.startswith(ENCODER_PREFIX) for k in state):
         raise ValueError("state_dict has no 'encoder.*' keys: pass the full MWMAE state dict")
+    if (config.head is not None) != any(k.startswith(PREFIX) for k in state):
+        raise ValueError("the config has a classifier head but the state dict has no 'classifier.*' keys"
+                         if config.head is not None else
+                         "the state dict has 'classifier.*' keys but the config has no head")
     provenance = dict(provenance or {})
     if path.suffix == ".safetensors":
         from safetensors.torch import save
@@ -88,6 +106,7 @@ def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
 
     1 -> 2: format 1 held MW-MAE models only, so its config gets frontend kind "logmel"
     and model family "mwmae" (every other new field's default is MW-MAE's behaviour).
+    2 -> 3: format 3 adds an optional classifier head; a format 2 file has none.
     """
     version = int(obj.get("format_version", -1))
     if version == 1:
@@ -97,6 +116,9 @@ def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
         obj = {**obj, "config": config, "format_version": 2,
                "provenance": {**dict(obj.get("provenance") or {}), "migrated_from_format": 1}}
         version = 2
+    if version == 2:
+        obj = {**obj, "format_version": 3}
+        version = 3
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{where}: format_version {version} unsupported (this package reads "
                               f"1 to {FORMAT_VERSION}; a newer hear-mwmae wrote it?)")
@@ -171,6 +193,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise FileNotFoundError(f"checkpoint {path} not found (names and hf:// references load through "
                                 f"hear_mwmae.load_model or hear_mwmae.sources.load_checkpoint)")
     if path.is_dir():
+        from .hub import is_pretrained_dir, load_pretrained_dir
+
+        if is_pretrained_dir(path):  # our Hub layout (save_pretrained): config.json + model.safetensors
+            return load_pretrained_dir(path)
         if (path / "train_config.json").exists() or (path / "checkpoint.pt").exists():
             raise CheckpointError(f"{path}: a pre-training run directory, not a model checkpoint; "
                                   + PRETRAIN_HINT.format(run=path))
@@ -248,6 +274,26 @@ def build_encoder(ckpt: Checkpoint) -> torch.nn.Module:
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not match its config: {exc}") from exc
     return encoder.eval()
+
+
+def build_classifier(ckpt: Checkpoint) -> torch.nn.Module:
+    """The checkpoint's classifier head (`classifier.Classifier`), strictly loaded, in eval mode.
+    Raises `NoClassifierError` (a ValueError) for a model without one."""
+    from .classifier import Classifier, NoClassifierError
+
+    if ckpt.config.head is None:
+        raise NoClassifierError(NO_HEAD)
+    head = Classifier(ckpt.config.model, ckpt.config.head)
+    try:
+        head.load_state_dict(ckpt.classifier_state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"classifier weights do not match the config's head: {exc}") from exc
+    return head.eval()
+
+
+NO_HEAD = ("this model has no classifier head (it is an encoder for embeddings): load a fine-tuned model, e.g. "
+           "`hear-mwmae fetch audiomae-base-as2m-ft` then load_model('audiomae-base-as2m-ft'), or fine-tune one "
+           "with `hear-mwmae finetune --model M --task DATA --out RUN` and load RUN/model.pt")
 
 
 def build_mwmae(ckpt: Checkpoint) -> torch.nn.Module:

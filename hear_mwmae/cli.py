@@ -4,9 +4,12 @@
     hear-mwmae info CKPT
     hear-mwmae fetch NAME [--cache-dir DIR] [--force] [--from PATH]   (the authors' released models; --list)
     hear-mwmae embed ...           (see `hear-mwmae embed --help`)
+    hear-mwmae tag ...             (see `hear-mwmae tag --help`: labels from a fine-tuned model)
     hear-mwmae pretrain ...        (see `hear-mwmae pretrain --help`)
+    hear-mwmae finetune ...        (see `hear-mwmae finetune --help`)
     hear-mwmae analyze ...         (see `hear-mwmae analyze --help`)
     hear-mwmae export-onnx ...
+    hear-mwmae save-pretrained CKPT DIR / push-to-hub CKPT_OR_DIR OWNER/NAME   (the Hugging Face Hub layout)
 
 A subcommand is a module with `register(subparsers)` that sets `func(args) -> exit code`.
 It reports a problem of the user's input by raising (see `errors.py`): `main` turns every
@@ -56,11 +59,15 @@ def _convert(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from .sources import load_checkpoint
 
+    from .model_card import license_of
+    from .registry import describe_license
+
     ckpt = load_checkpoint(args.checkpoint)
     prov = {k: v for k, v in ckpt.provenance.items() if k != "source_config"}
     print(json.dumps({"config": ckpt.config.to_dict(), "encoder_only": ckpt.encoder_only,
                       "parameters": sum(v.numel() for v in ckpt.state_dict.values()),
-                      "embedding_size": ckpt.config.model.embedding_size, "provenance": prov}, indent=2))
+                      "embedding_size": ckpt.config.model.embedding_size,
+                      "license": describe_license(license_of(ckpt.provenance)), "provenance": prov}, indent=2))
     return 0
 
 
@@ -70,11 +77,12 @@ def _fetch(args: argparse.Namespace) -> int:
 
     if args.list or not args.name:
         for name in sources.BUNDLED:
-            print(f"{name:22s} {'toy MW-MAE trained by this package (weights/DEMO.md)':58s} bundled (no fetch needed)")
+            print(f"{name:22s} {'toy MW-MAE trained by this package (weights/DEMO.md)':58s} {'MIT':30s} "
+                  f"bundled (no fetch needed)")
         for name, m in sorted(registry.MODELS.items()):
             record = registry.read_record(name, args.cache_dir)
             where = registry.cache_dir(args.cache_dir) / m.filename if record else "not fetched"
-            print(f"{name:22s} {m.title:58s} {where}")
+            print(f"{name:22s} {m.title:58s} {registry.describe_license(m.license):30s} {where}")
         if not args.list:
             raise UsageError(f"name the model to fetch, e.g. hear-mwmae fetch {registry.DEFAULT}")
         return 0
@@ -83,8 +91,10 @@ def _fetch(args: argparse.Namespace) -> int:
         return 0
     downloader = registry.from_local_copy(args.source) if args.source else None
     record = registry.fetch(args.name, args.cache_dir, force=args.force or bool(args.source),
-                            keep_source=args.keep_source, downloader=downloader)
+                            keep_source=args.keep_source, downloader=downloader,
+                            from_authors=args.from_authors or bool(args.source))
     print(f"{args.name}: {registry.cache_dir(args.cache_dir) / record['file']}")
+    print(f"  licence {registry.describe_license(record.get('license'))}")
     print(f"  sha256 {record['sha256']}  {record['file']} (converted)")
     for file, sha in record["source_files"].items():
         where = file if file == record["run_dir"] else f"{record['run_dir']}/{file}"
@@ -122,19 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="cache folder (default $HEAR_MWMAE_CACHE or ~/.cache/hear-mwmae)")
     p.add_argument("--force", action="store_true", help="download and convert again even if cached")
     p.add_argument("--keep-source", action="store_true", help="keep the downloaded run directory (NAME-source/)")
-    p.add_argument("--list", action="store_true", help="list the released models and whether they are cached")
+    p.add_argument("--list", action="store_true", help="list the released models, their licences and whether "
+                   "they are cached")
+    p.add_argument("--from-authors", action="store_true",
+                   help="convert the authors' files even when the model has a Hugging Face Hub copy in our layout")
     p.add_argument("--from", dest="source", type=Path, metavar="PATH",
-                   help="no download: convert and cache a copy you downloaded yourself (the run directory for "
-                        "MW-MAE, the .pth file for Audio-MAE; `--list` and weights/README.md say what to get)")
+                   help="no download: convert and cache a copy of the authors' files you downloaded yourself (the "
+                        "run directory for MW-MAE, the .pth file for Audio-MAE; a failed fetch says what to get)")
     p.set_defaults(func=_fetch)
 
-    from . import analyze_cli, embed
+    from . import analyze_cli, embed, tag_cli
+    from .finetune import cli as finetune_cli
     from .pretrain import cli as pretrain_cli
 
     embed.register(sub)
+    tag_cli.register(sub)
     pretrain_cli.register(sub)
+    finetune_cli.register(sub)
     analyze_cli.register(sub)
     __import__("hear_mwmae.onnx_export", fromlist=["register"]).register(sub)  # hear-mwmae export-onnx
+    __import__("hear_mwmae.hub_cli", fromlist=["register"]).register(sub)  # save-pretrained, push-to-hub
     return parser
 
 

@@ -1,6 +1,7 @@
 """Frozen configuration dataclasses, stored inside every checkpoint.
 
-`MWMAEConfig` = `ModelConfig` (architecture) + a frontend config, for both model families:
+`MWMAEConfig` = `ModelConfig` (architecture) + a frontend config, for both model families,
++ an optional `HeadConfig` (a classifier on the encoder: a fine-tuned model):
 
 | family     | frontend                         | chunk      | patch   | CLS | GELU | decoder          |
 |------------|----------------------------------|------------|---------|-----|------|------------------|
@@ -282,16 +283,75 @@ class ModelConfig:
         return sum(self.grid_size) if self.mask_2d else self.num_patches
 
 
+POOLINGS = ("mean", "cls", "time")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """A classifier on the encoder: pool the last block's tokens -> `fc_norm` (LayerNorm) ->
+    dropout -> linear layer with `num_classes` outputs (the Audio-MAE authors' fine-tuned
+    `models_vit.VisionTransformer`, `global_pool=True`).
+
+    `pooling`: "mean" = mean of the patch tokens (CLS excluded; the authors' `global_pool`),
+    "cls" = the CLS token (models with one), "time" = each frequency patch's mean over time,
+    concatenated (grid_f x D: the HEAR scene embedding's layout; ours). `labels`: display names in head order;
+    `label_ids`: machine ids (AudioSet mids, ...) in the same order, or () when there are none;
+    `label_source`: where the names come from (e.g. "audioset" or a file name), "" = generic
+    `class_i` names. `multi_label`: sigmoid scores / binary cross-entropy (AudioSet), else
+    softmax / cross-entropy (one class per clip). `dropout`: before the linear layer, in
+    training only.
+    """
+
+    num_classes: int
+    labels: tuple[str, ...]
+    label_ids: tuple[str, ...] = ()
+    label_source: str = ""
+    multi_label: bool = True
+    pooling: str = "mean"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "label_ids", tuple(self.label_ids))
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"head num_classes must be an int >= 1, got {self.num_classes!r}")
+        if len(self.labels) != self.num_classes:
+            raise ValueError(f"head has {self.num_classes} classes but {len(self.labels)} label names")
+        if self.label_ids and len(self.label_ids) != self.num_classes:
+            raise ValueError(f"head has {self.num_classes} classes but {len(self.label_ids)} label ids")
+        for what, values in (("label names", self.labels), ("label ids", self.label_ids)):
+            if not all(isinstance(v, str) and v for v in values):
+                raise ValueError(f"head {what} must be non-empty strings")
+            if len(set(values)) != len(values):
+                dup = sorted({v for v in values if values.count(v) > 1})
+                raise ValueError(f"head {what} repeat: {dup[:5]}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"head pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"head dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def generic(cls, num_classes: int, **options: Any) -> "HeadConfig":
+        """A head whose classes have no known names: class_0, class_1, ..."""
+        return cls(num_classes, tuple(f"class_{i}" for i in range(num_classes)), **options)
+
+
 @dataclass(frozen=True)
 class MWMAEConfig:
-    """Everything needed to rebuild a model (of either family) and its input pipeline."""
+    """Everything needed to rebuild a model (of either family) and its input pipeline;
+    `head` is set for a model with a classifier (fine-tuned), None for an encoder."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     frontend: AnyFrontendConfig = field(default_factory=FrontendConfig)
+    head: HeadConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.frontend, (FrontendConfig, FbankConfig)):
             raise TypeError(f"frontend must be a FrontendConfig or FbankConfig, got {type(self.frontend).__name__}")
+        if self.head is not None and not isinstance(self.head, HeadConfig):
+            raise TypeError(f"head must be a HeadConfig or None, got {type(self.head).__name__}")
+        if self.head is not None and self.head.pooling == "cls" and not self.model.use_cls_token:
+            raise ValueError("head pooling 'cls' needs a model with a CLS token; use pooling 'mean'")
         if self.model.in_chans != 1:
             raise ValueError("spectrogram models take in_chans=1")
         if self.model.img_size[1] != self.frontend.n_mels:
@@ -322,22 +382,29 @@ class MWMAEConfig:
                 return [plain(v) for v in obj]
             return obj
 
-        return {
+        out = {
             "model": {k: plain(v) for k, v in dataclasses.asdict(self.model).items()},
             "frontend": dataclasses.asdict(self.frontend),
         }
+        if self.head is not None:
+            out["head"] = {k: plain(v) for k, v in dataclasses.asdict(self.head).items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MWMAEConfig":
         """Inverse of `to_dict`. A frontend without `kind` is the log-mel one (format 1)."""
-        if not isinstance(data, dict) or set(data) - {"model", "frontend"}:
-            raise ValueError(f"config must be a dict with keys 'model' and 'frontend', got {data!r:.200}")
+        if not isinstance(data, dict) or set(data) - {"model", "frontend", "head"}:
+            raise ValueError(f"config must be a dict with keys 'model', 'frontend' (and 'head'), got {data!r:.200}")
         frontend = dict(data.get("frontend", {}))
         kind = frontend.get("kind", "logmel")
         if kind not in FRONTEND_CONFIGS:
             raise ValueError(f"unknown frontend kind {kind!r}; known: {sorted(FRONTEND_CONFIGS)}")
+        head = data.get("head")
+        if head is not None and not isinstance(head, dict):
+            raise ValueError(f"config head must be a dict or null, got {type(head).__name__}")
         return cls(model=_build(ModelConfig, data.get("model", {})),
-                   frontend=_build(FRONTEND_CONFIGS[kind], frontend))
+                   frontend=_build(FRONTEND_CONFIGS[kind], frontend),
+                   head=None if head is None else _build(HeadConfig, head))
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:

@@ -3,7 +3,8 @@
     resolve("demo-tiny")                       the demo checkpoint shipped inside the package
     resolve("mwmae-base-4x16-4l")              a released model, fetched once into the cache
     resolve("hf://owner/repo/path/file.pt@v1") a file through huggingface_hub's cache
-    resolve("hf://owner/repo[@rev]")           a timm-layout repo (config.json + weights): its folder
+    resolve("hf://owner/repo[@rev]")           a whole repo (config.json + model.safetensors): its folder,
+                                               our Hub layout (`hub.py`) or a timm-layout Audio-MAE
     resolve("runs/mine.pt")                    a path (it must exist)
     load_checkpoint(ref, sha256=None)          resolve, then `checkpoint.load_checkpoint`
 
@@ -57,7 +58,7 @@ def bundled_file(name: str) -> Path:
 
 def resolve(ref: str | Path, sha256: str | None = None) -> Path:
     """A model reference (see the module docstring) -> a local file or folder, hash-checked
-    against `sha256` when given (for a timm folder: its weights file).
+    against `sha256` when given (for a folder: its weights file, `_weights_file`).
 
     Raises FileNotFoundError (nothing there; the message says how to get it),
     MissingDependency (`hf://` without huggingface_hub), ValueError (a malformed `hf://`),
@@ -111,9 +112,14 @@ def checkpoint_sha256(ref: str | Path) -> str:
 
 
 def _weights_file(path: Path) -> Path:
-    """What a sha256 pin covers: the file itself, or a timm folder's weights file."""
+    """What a sha256 pin covers: the file itself, or a folder's weights file (our Hub layout's
+    model.safetensors, whose metadata holds the config too; a timm folder's weights)."""
     if not path.is_dir():
         return path
+    from .hub import WEIGHTS_FILE, is_pretrained_dir
+
+    if is_pretrained_dir(path):
+        return path / WEIGHTS_FILE
     from .convert.audiomae import timm_weights_file
 
     return timm_weights_file(path)
@@ -121,7 +127,8 @@ def _weights_file(path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- the Hub
 def _from_hub(text: str) -> Path:
-    """`hf://owner/repo/path/file[@rev]` -> the cached file; `hf://owner/repo[@rev]` -> the snapshot folder."""
+    """`hf://owner/repo/path/file[@rev]` -> the cached file; `hf://owner/repo[@rev]` -> the snapshot folder
+    with config.json and model.safetensors (our layout or timm's; timm's may hold pytorch_model.bin)."""
     m = _HF_FILE.match(text) or _HF_REPO.match(text)
     if not m:
         raise ValueError(f"bad Hub reference {text!r}; expected hf://owner/repo/path/file.pt[@revision] "

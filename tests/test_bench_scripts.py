@@ -123,3 +123,14 @@ def test_runtime_bench_in_process_interleaves_families_and_compares(tmp_path, ca
     assert set(fid) == {"ours-fp32-unfused", "audiomae:ours-int8"}  # each against its own family's ours-fp32
     assert fid["ours-fp32-unfused"]["rel_err"] < 1e-5 and 0.99 < fid["audiomae:ours-int8"]["worst_cos"] < 1.0
     assert "audiomae:ours-int8" in capsys.readouterr().out
+
+
+def test_finetune_bench_reports_training_and_tagging_speed(tmp_path):
+    out = run("finetune_bench.py", "--size", "tiny", "--batch", "2", "--steps", "1", "--classes", "5",
+              "--tag-clips", "1", "--tag-seconds", "2", cwd=tmp_path)
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["family"] for r in rows] == ["mwmae", "audiomae"]
+    for r in rows:
+        assert r["train_clips_per_s"] > 0 and r["tag_audio_s_per_s"] > 0 and r["embed_audio_s_per_s"] > 0
+        assert r["peak_GiB"] > 0 and r["batch"] == 2
+    assert "| mwmae" in out and "train clips/s" in out

@@ -38,7 +38,7 @@ def test_round_trip(converted, tmp_path, suffix, encoder_only):
 
 def test_pt_file_loads_with_plain_weights_only_torch_load(tiny_checkpoint):
     obj = torch.load(tiny_checkpoint, weights_only=True)
-    assert obj["format"] == "hear-mwmae" and obj["format_version"] == 2
+    assert obj["format"] == "hear-mwmae" and obj["format_version"] == 3
     assert obj["config"]["model"]["embed_dim"] == 192
     assert obj["config"]["model"]["family"] == "mwmae" and obj["config"]["frontend"]["kind"] == "logmel"
 
@@ -54,9 +54,11 @@ def test_format_1_files_are_migrated(tiny_checkpoint, tmp_path):
     assert ckpt.config == new.config and ckpt.provenance["migrated_from_format"] == 1
     demo = load_checkpoint(REPO / "weights" / "demo-tiny.pt")  # committed in format 1
     assert demo.config.family == "mwmae" and demo.provenance.get("migrated_from_format") == 1
-    torch.save(dict(obj, format_version=3), tmp_path / "v3.pt")
-    with pytest.raises(CheckpointError, match="format_version 3 unsupported"):
-        load_checkpoint(tmp_path / "v3.pt")
+    torch.save(dict(obj, format_version=2), tmp_path / "v2.pt")  # format 2: no classifier head
+    assert load_checkpoint(tmp_path / "v2.pt").config == new.config and new.config.head is None
+    torch.save(dict(obj, format_version=4), tmp_path / "v4.pt")
+    with pytest.raises(CheckpointError, match="format_version 4 unsupported"):
+        load_checkpoint(tmp_path / "v4.pt")
 
 
 V1_MODEL_KEYS = {"img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "window_sizes",

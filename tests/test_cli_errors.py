@@ -130,10 +130,16 @@ def hostile(tmp_path_factory, tiny_checkpoint, wav) -> dict[str, Path]:
     torch.save({"format": "hear-mwmae-train", "format_version": 1}, root / "bare" / "checkpoint.pt")
     (root / "data").mkdir()
     sf.write(root / "data" / "a.wav", np.zeros(16000, np.float32), 16000)
+    noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    for split in ("train", "valid", "test"):  # a labelled task: class folders per split
+        for label in ("yes", "no"):
+            (root / "task" / split / label).mkdir(parents=True)
+            for i in range(2):
+                sf.write(root / "task" / split / label / f"{i}.wav", noise, 16000)
     (root / "loop.wav").symlink_to("loop.wav")
     (root / "text.wav").write_text("hello, not audio")
     return {"pickled": _pickled_model(root / "pickled.pt"), "run": run, "bare_run": root / "bare",
-            "data": root / "data",
+            "data": root / "data", "task": root / "task",
             "loop": root / "loop.wav", "text": root / "text.wav", "root": root, "tiny": tiny_checkpoint, "wav": wav}
 
 
@@ -181,6 +187,11 @@ CASES = {
     "analyze hf:// without huggingface_hub": (["analyze", "pwcca", HF, "--synthetic", "--no-figures", "--out",
                                                "{tmp}/a"], "no hub", 2, NO_HUB),
     "export-onnx hf:// without huggingface_hub": (["export-onnx", HF, "{tmp}/o.onnx"], "no hub", 2, NO_HUB),
+    "tag hf:// without huggingface_hub": (["tag", "{wav}", "--model", HF], "no hub", 2, NO_HUB),
+    "finetune hf:// without huggingface_hub": (["finetune", "--recipe", "cpu-small", "--model", HF, "--task", "{task}",
+                                                "--out", "{tmp}/ft"], "no hub", 2, NO_HUB),
+    "push-to-hub without huggingface_hub": (["push-to-hub", "{tiny}", "someone/model"], "no hub", 2,
+                                            "uploading needs huggingface_hub: pip install 'hear-mwmae[hub]'"),
     "analyze without matplotlib": (["analyze", "attention", "{tiny}", "--synthetic", "--out", "{tmp}/a"],
                                    "no matplotlib", 2, "matplotlib is needed for the figures (or pass --no-figures)"),
     "export-onnx without onnx": (["export-onnx", "{tiny}", "{tmp}/o.onnx"], "no onnx", 2,
@@ -198,6 +209,12 @@ CASES = {
                                     "refused: the file pickles objects other than"),
     "analyze a pickling model": (["analyze", "pwcca", "{pickled}", "--synthetic", "--no-figures", "--out", "{tmp}/a"],
                                  None, 2, "refused: the file pickles objects other than"),
+    "tag with a pickling model": (["tag", "{wav}", "--model", "{pickled}"], None, 2,
+                                  "refused: the file pickles objects other than"),
+    "finetune a pickling model": (["finetune", "--recipe", "cpu-small", "--model", "{pickled}", "--task", "{task}",
+                                   "--out", "{tmp}/ft"], None, 2, "refused: the file pickles objects other than"),
+    "save-pretrained a pickling model": (["save-pretrained", "{pickled}", "{tmp}/hub"], None, 2,
+                                         "refused: the file pickles objects other than"),
     "export-onnx a pickling model": (["export-onnx", "{pickled}", "{tmp}/o.onnx"], None, 2,
                                      "refused: the file pickles objects other than"),
     # offline

@@ -6,10 +6,19 @@ Three layouts (spec section 10), all converted to our state dict by renaming:
     + decoder) and optionally `optimizer`, `scaler`, `epoch`, `args` (a pickled
     `argparse.Namespace`); a dict holding only `model` is accepted;
 (b) fine-tuned (same container): `fc_norm` + `head` and no final `norm`. HEAR uses the
-    last block's tokens un-normed (`final_norm=False`); `fc_norm` / `head` are dropped;
+    last block's tokens un-normed (`final_norm=False`); `fc_norm` / `head` become our
+    classifier (`classifier.fc_norm.*`, `classifier.head.*`, config `head`: mean pooling of
+    the patch tokens, the authors' `global_pool`);
 (c) timm / Hugging Face Hub: a directory with `config.json` (`architecture`,
-    `num_classes`, `global_pool`, `model_args`, `pretrained_cfg.input_size`) and
-    `model.safetensors` or `pytorch_model.bin` (a plain dict of tensors), encoder only.
+    `num_classes`, `global_pool`, `model_args`, `pretrained_cfg.input_size`, optionally
+    `label_names`) and `model.safetensors` or `pytorch_model.bin` (a plain dict of
+    tensors): the encoder, and the classifier when `num_classes` > 0.
+
+A head's class names: `label_names` of a timm config when present, else AudioSet's 527
+classes (`hear_mwmae.labels.audioset()`, the authors' head order) for a 527-output head,
+else `class_i` with a warning (`labels=` / `--labels FILE.csv` names them). A head is
+multi-label (sigmoid) unless the authors' `args.dataset` names a single-label task
+(esc50, speechcommands).
 
 Files are read with `torch.load(weights_only=True)` allowing exactly one extra class,
 `argparse.Namespace`; a file holding any other pickled object is refused without running
@@ -34,7 +43,8 @@ from typing import Any
 
 import torch
 
-from ..config import ENCODER_SIZES, FbankConfig, MWMAEConfig, ModelConfig, audiomae_config
+from .. import labels
+from ..config import ENCODER_SIZES, FbankConfig, HeadConfig, MWMAEConfig, ModelConfig, audiomae_config
 from ..files import refused_pickle_reason, sha256_file
 from .common import CONVERTER_VERSION, ConversionError, Converted
 
@@ -45,7 +55,9 @@ TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # preferred first
 _DECODER_RENAMES = (("decoder_blocks.", "decoder.blocks."), ("decoder_embed.", "decoder.embed."),
                     ("decoder_norm.", "decoder.norm."), ("decoder_pred.", "decoder.pred."),
                     ("decoder_pos_embed", "decoder.pos_embed"), ("mask_token", "decoder.mask_token"))
-_HEAD_KEYS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")  # fine-tuned classifier: unused
+_HEAD_RENAMES = (("fc_norm.", "classifier.fc_norm."), ("head.", "classifier.head."))  # the fine-tuned classifier
+_HEAD_KEYS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
+SINGLE_LABEL_DATASETS = ("esc50", "speechcommands")  # the authors' --dataset values trained with one class per clip
 _FACTORY = re.compile(r"^(?P<mae>mae_)?vit_(?P<size>[a-z]+)_patch(?P<patch>\d+)(?:_|$)")
 MAE_DECODER_HEADS = 16  # every `mae_vit_*` factory: 512-d decoder with 16 heads
 # config.json model_args a conversion understands (sizes, training-only rates, the classifier)
@@ -257,27 +269,60 @@ def config_from_weights(state: dict[str, torch.Tensor], args: dict[str, Any], na
 # ----------------------------------------------------------------------------- state dict
 def rename(key: str) -> str:
     """An authors' / timm key -> ours."""
-    for theirs, ours in _DECODER_RENAMES:
+    for theirs, ours in _DECODER_RENAMES + _HEAD_RENAMES:
         if key.startswith(theirs):
             return ours + key[len(theirs):]
     return "encoder." + key
 
 
-def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Authors' state dict -> our full (or encoder-only) state dict. Every key used or
-    explicitly dropped (the fine-tuned classifier), every shape checked, strict load.
-    Returns (state dict, dropped keys)."""
+def head_from_weights(state: dict[str, torch.Tensor], dataset: str | None = None,
+                      label_names: Any = None) -> HeadConfig | None:
+    """The classifier of a fine-tuned state dict (`fc_norm` + `head`), or None without a head.
+
+    `dataset`: the authors' `args.dataset` (single-label for esc50 / speechcommands);
+    `label_names`: names from a timm config.json. See the module docstring for the names."""
+    if "head.weight" not in state:
+        return None
+    if "fc_norm.weight" not in state:
+        raise ConversionError("the checkpoint has a `head` but no `fc_norm`: only the authors' global-pool "
+                              "classifier (mean of the patch tokens -> fc_norm -> head) is supported")
+    num_classes = _shape(state, "head.weight", 2)[0]
+    single = str(dataset or "").lower() in SINGLE_LABEL_DATASETS
+    if label_names is not None:
+        if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
+            raise ConversionError("config.json label_names must be a list of strings")
+        vocab: labels.Vocabulary | None = labels.Vocabulary(tuple(label_names), (), "config.json label_names")
+    elif num_classes == labels.AUDIOSET_CLASSES and not single:
+        vocab = labels.audioset()
+    else:
+        vocab = None
+    try:
+        return labels.head_config(num_classes, vocab, multi_label=not single)
+    except ValueError as exc:
+        raise ConversionError(f"the classifier head cannot be described: {exc}") from exc
+
+
+def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig,
+                  head: HeadConfig | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Authors' state dict -> our full (or encoder-only) state dict, with the classifier when
+    `head` is given. Every key used or explicitly dropped (an `fc_norm` without a head),
+    every shape checked, strict load. Returns (state dict, dropped keys)."""
+    from ..classifier import PREFIX, Classifier
     from ..model import MWMAE, Encoder
 
-    dropped = sorted(k for k in state if k in _HEAD_KEYS)
-    ours = {rename(k): v for k, v in state.items() if k not in _HEAD_KEYS}
+    unused = () if head is not None else _HEAD_KEYS
+    dropped = sorted(k for k in state if k in unused)
+    ours = {rename(k): v for k, v in state.items() if k not in unused}
     encoder_only = not any(k.startswith("decoder.") for k in ours)
     with torch.device("meta"):
         model = Encoder(cfg) if encoder_only else MWMAE(cfg)
+        classifier = Classifier(cfg, head) if head is not None else None
     prefix = "encoder." if encoder_only else ""
     expected = {prefix + k: v for k, v in model.state_dict().items()}
+    if classifier is not None:
+        expected.update({PREFIX + k: v for k, v in classifier.state_dict().items()})
     missing = sorted(set(expected) - set(ours))
-    unknown = sorted(k for k in state if k not in _HEAD_KEYS and rename(k) not in expected)
+    unknown = sorted(k for k in state if k not in unused and rename(k) not in expected)
     problems = []
     if missing:
         problems.append(f"missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
@@ -292,7 +337,11 @@ def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[dic
     if problems:
         raise ConversionError("weights do not match the derived configuration:\n  " + "\n  ".join(problems))
     ours = {k: v.detach().to(torch.float32, copy=True).contiguous() for k, v in ours.items()}  # off the file
-    model.load_state_dict({k[len(prefix):]: v for k, v in ours.items()}, strict=True, assign=True)
+    model.load_state_dict({k[len(prefix):]: v for k, v in ours.items() if not k.startswith(PREFIX)},
+                          strict=True, assign=True)
+    if classifier is not None:
+        classifier.load_state_dict({k[len(PREFIX):]: v for k, v in ours.items() if k.startswith(PREFIX)},
+                                   strict=True, assign=True)
     return ours, dropped
 
 
@@ -323,7 +372,8 @@ def convert_payload(obj: Any, source: Path, *, num_heads: int | None = None,
     name = args.get("model")
     cfg, heads_from = config_from_weights(state, args, name, num_heads=num_heads,
                                           decoder_num_heads=decoder_num_heads, bare=not args)
-    converted, dropped = convert_state(state, cfg)
+    head = head_from_weights(state, args.get("dataset"))
+    converted, dropped = convert_state(state, cfg, head)
     layout = "finetuned" if "head.weight" in state or "fc_norm.weight" in state else "pretrain"
     if not bare and not args:
         log.warning("%s holds no training args: norm_pix_loss / mask settings are the released recipe's", source)
@@ -333,8 +383,9 @@ def convert_payload(obj: Any, source: Path, *, num_heads: int | None = None,
         "source_sha256": sha256 or sha256_file(source), "epoch": int(epoch) if isinstance(epoch, int) else None,
         "step": int(epoch) if isinstance(epoch, int) else None, "model_name": name, "heads_from": heads_from,
         "dropped_keys": dropped, "source_args": _plain(args), "converter_version": CONVERTER_VERSION,
+        "license": "CC-BY-NC-4.0",  # the Audio-MAE repository's and weights' (non-commercial)
     }
-    return Converted(MWMAEConfig(cfg, FbankConfig()), converted, provenance)
+    return Converted(MWMAEConfig(cfg, FbankConfig(), head), converted, provenance)
 
 
 def convert_file(path: str | Path, *, num_heads: int | None = None,
@@ -389,16 +440,23 @@ def convert_timm_dir(directory: str | Path, *, weights: Path | None = None,
                                   f"{getattr(cfg, key)}")
     if input_size is not None and tuple(input_size[1:]) != cfg.img_size:
         raise ConversionError(f"{cfg_file}: input_size {input_size} but the weights cover {cfg.img_size}")
-    converted, dropped = convert_state(state, cfg)
+    pool = model_args.get("global_pool", timm_cfg.get("global_pool", "avg"))
+    if "head.weight" in state and pool != "avg":
+        raise ConversionError(f"{cfg_file}: global_pool {pool!r}: only the authors' "
+                              "'avg' classifier (mean of the patch tokens -> fc_norm -> head) is supported")
+    head = head_from_weights(state, None, timm_cfg.get("label_names"))
+    converted, dropped = convert_state(state, cfg, head)
     provenance = {
         "source": "timm / Hugging Face Hub Audio-MAE", "layout": "timm", "source_file": weights.name,
         "source_dir": str(directory), "source_sha256": sha256_file(weights), "epoch": None, "step": None,
         "model_name": arch, "heads_from": heads_from, "dropped_keys": dropped,
         "source_config": _plain(timm_cfg), "converter_version": CONVERTER_VERSION,
+        "license": "CC-BY-NC-4.0",  # the timm copies carry the Audio-MAE weights' licence (non-commercial)
     }
-    return Converted(MWMAEConfig(cfg, FbankConfig()), converted, provenance)
+    return Converted(MWMAEConfig(cfg, FbankConfig(), head), converted, provenance)
 
 
 __all__ = ["config_from_weights", "convert_file", "convert_payload", "convert_state", "convert_timm_dir",
+           "head_from_weights",
            "is_audiomae_payload", "is_state_dict", "is_timm_dir", "load_pickle_safely", "rename",
            "timm_weights_file"]

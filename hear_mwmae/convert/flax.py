@@ -278,5 +278,6 @@ def convert_run_dir(run_dir: str | Path, checkpoint: str | Path | None = None,
         "source_dtypes": source_dtypes,  # parameters stored other than float32 (converted to float32)
         "step": step,
         "converter_version": CONVERTER_VERSION,
+        "license": "Apache-2.0",  # the MW-MAE release's (code and weights)
     }
     return Converted(MWMAEConfig(model=cfg), converted, provenance)

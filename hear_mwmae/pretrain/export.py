@@ -20,6 +20,8 @@ def export_checkpoint(run: str | Path, out: str | Path, *, encoder_only: bool = 
     The provenance records the recipe, the steps done, the last logged loss and the data size.
     """
     state = load_train_state(run)
+    if state.get("objective", "pretrain") != "pretrain":
+        raise ValueError(f"{run}: a fine-tuning run; its model is already exported as model.pt in the run directory")
     try:
         cfg = TrainConfig.from_dict(state["train_config"])
         provenance: dict[str, Any] = {

@@ -4,7 +4,8 @@
     {"format": "hear-mwmae-train", "format_version": 1, "train_config": TrainConfig.to_dict(),
      "step": optimiser steps done, "model": state dict, "optimizer": state dict,
      "rng": {"torch", "cuda", "numpy", "python"}, "world_size": int, "last_loss": float,
-     "data": {"num_clips", "steps_per_epoch"}, "train_seconds": float}
+     "data": {"num_clips", "steps_per_epoch"}, "train_seconds": float,
+     "objective": "pretrain" | "finetune", "extra": {...}}  (files without "objective" are pre-training)
 Data position and masks need no state of their own: they are functions of
 (seed, epoch, sample index) and the step count (see `data.py`). The RNG states are
 saved anyway so that any other use of the global generators also continues exactly.
@@ -64,15 +65,17 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 def save_train_state(path: str | Path, *, train_config: dict[str, Any], step: int, model: dict[str, torch.Tensor],
                      optimizer: dict[str, Any], world_size: int, last_loss: float | None,
-                     data: dict[str, Any], seconds: float) -> Path:
+                     data: dict[str, Any], seconds: float, objective: str = "pretrain",
+                     extra: dict[str, Any] | None = None) -> Path:
     """Write a training checkpoint (call on one process only). `data` describes the dataset
     (number of clips, steps per epoch) so that a resume can check it is the same; `seconds`
-    is the wall time spent training so far, over all resumptions."""
+    is the wall time spent training so far, over all resumptions. `objective`: "pretrain" or
+    "finetune"; `extra`: the objective's own state (plain data, e.g. the best validation score)."""
     return atomic_save({
         "format": TRAIN_FORMAT, "format_version": TRAIN_FORMAT_VERSION, "train_config": train_config,
         "step": int(step), "model": {k: v.detach().cpu() for k, v in model.items()}, "optimizer": optimizer,
         "rng": capture_rng(), "world_size": int(world_size), "last_loss": last_loss, "data": data,
-        "train_seconds": float(seconds),
+        "train_seconds": float(seconds), "objective": objective, "extra": dict(extra or {}),
     }, path)
 
 
