@@ -1,5 +1,6 @@
 """hear-mwmae: MW-MAE audio embeddings in PyTorch with the HEAR 2021 API.
 
+    model = hear_mwmae.load_model("demo-tiny")                # the bundled toy model (offline, any install)
     model = hear_mwmae.load_model("mwmae-base-4x16-4l")       # after `hear-mwmae fetch mwmae-base-4x16-4l`
     scene = hear_mwmae.get_scene_embeddings(audio, model)     # (n_sounds, D)
     emb, ts = hear_mwmae.get_timestamp_embeddings(audio, model)  # (n, steps, D), (n, steps) ms
@@ -34,7 +35,8 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
     """Load a checkpoint as a HEAR model.
 
     model_file_path: a released model's name (`hear_mwmae.registry`; default
-        "mwmae-base-4x16-4l", fetched once with `hear-mwmae fetch NAME`), our `.pt` /
+        "mwmae-base-4x16-4l", fetched once with `hear-mwmae fetch NAME`), "demo-tiny" (the
+        toy model shipped inside the package), our `.pt` /
         `.safetensors`, an authors' checkpoint (MW-MAE run directory, Audio-MAE `.pth` or
         timm directory; converted on the fly),
         a folder written by `save_pretrained`, `hf://owner/repo/path/file.pt[@revision]`, or
@@ -48,7 +50,8 @@ def load_model(model_file_path: str = DEFAULT_MODEL, **options: Any) -> torch.nn
             GPU; bounds memory)
         sha256: pin the checkpoint file's hash (64 hex digits; checked before loading)
         compile: True to run the encoder through torch.compile (default False)
-    Options of the wrong type or value raise TypeError / ValueError.
+    Options of the wrong type or value raise TypeError / ValueError; a reference that does not
+    resolve raises FileNotFoundError saying how to get the model (`hear_mwmae.sources`).
     """
     from .checkpoint import build_classifier, build_encoder
     from .runtime import MWMAERuntime, check_load_options

@@ -12,6 +12,11 @@ read here, because libsndfile quietly shortens their frame count to what the fil
 for the other formats the decoder's own count is used (exact for FLAC, with 1 % + 50 ms of
 slack for the estimated counts of MP3 / Ogg and PyAV's containers).
 
+Files are opened by Python and handed to the decoders as open files, so any name the
+OS gives (spaces, unicode, bytes that are not UTF-8) decodes, and an unreadable file says
+why ("permission denied"), not the decoder's "System error.". Contents no decoder
+recognises are "not audio", with the first bytes shown.
+
 Resampling uses `scipy.signal.resample_poly` (polyphase FIR) at the exact rational ratio
 target / source, reduced by their gcd: (n,) -> (ceil(n * target / source),).
 """
@@ -20,9 +25,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import struct
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import soundfile as sf
@@ -64,42 +70,50 @@ def _seconds(frames: float, sr: int) -> str:
     return f"{frames / sr:.3g} s"
 
 
-def header_frames(path: str | Path) -> int | None:
+def header_frames(path: str | Path | IO[bytes]) -> int | None:
     """Frames a WAV (RIFF / RIFX) or AIFF header promises, or None (other formats, streaming
-    placeholders, unparsable headers)."""
+    placeholders, unparsable headers). Takes a path or an open binary file (read from its start)."""
+    if not isinstance(path, (str, Path)):
+        path.seek(0)
+        return _header_frames(path)
     with open(path, "rb") as fh:
-        head = fh.read(12)
-        if len(head) < 12:
-            return None
-        if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
-            endian, aiff = ("<" if head[:4] == b"RIFF" else ">"), False
-        elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-            endian, aiff = ">", True
-        else:
-            return None
-        block_align = None
-        while len(chunk := fh.read(8)) == 8:
-            cid, size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
-            if aiff and cid == b"COMM":
-                comm = fh.read(min(size, 18))
-                return struct.unpack(">I", comm[2:6])[0] if len(comm) >= 6 else None
-            if not aiff and cid == b"fmt ":
-                fmt = fh.read(size)
-                block_align = struct.unpack(endian + "H", fmt[12:14])[0] if len(fmt) >= 14 else None
-                if size & 1:
-                    fh.seek(1, 1)
-                continue
-            if not aiff and cid == b"data":
-                if not block_align or size in (0, 0xFFFFFFFF):
-                    return None
-                return size // block_align
-            fh.seek(size + (size & 1), 1)
+        return _header_frames(fh)
+
+
+def _header_frames(fh: IO[bytes]) -> int | None:
+    head = fh.read(12)
+    if len(head) < 12:
+        return None
+    if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+        endian, aiff = ("<" if head[:4] == b"RIFF" else ">"), False
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        endian, aiff = ">", True
+    else:
+        return None
+    block_align = None
+    while len(chunk := fh.read(8)) == 8:
+        cid, size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
+        if aiff and cid == b"COMM":
+            comm = fh.read(min(size, 18))
+            return struct.unpack(">I", comm[2:6])[0] if len(comm) >= 6 else None
+        if not aiff and cid == b"fmt ":
+            fmt = fh.read(size)
+            block_align = struct.unpack(endian + "H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            if size & 1:
+                fh.seek(1, 1)
+            continue
+        if not aiff and cid == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
+        fh.seek(size + (size & 1), 1)
     return None
 
 
-def _read_sndfile(path: Path) -> tuple[np.ndarray, int, int | None, bool]:
+def _read_sndfile(fh: IO[bytes]) -> tuple[np.ndarray, int, int | None, bool]:
     """-> ((n, channels) float32, rate, frames the file promises, whether that count is exact)."""
-    with sf.SoundFile(str(path)) as f:
+    fh.seek(0)
+    with sf.SoundFile(fh) as f:
         sr, channels, promised, fmt = f.samplerate, f.channels, f.frames, f.format
         blocks, got = [], 0
         try:
@@ -109,22 +123,23 @@ def _read_sndfile(path: Path) -> tuple[np.ndarray, int, int | None, bool]:
         except sf.LibsndfileError as exc:  # e.g. FLAC "decoder lost sync" at the cut
             raise AudioError(f"truncated or corrupt: header says {_seconds(promised, sr)}, decoding failed "
                              f"after {_seconds(got, sr)} ({exc})") from exc
-    header = header_frames(path)
+    header = header_frames(fh)
     if header is not None:
         promised = max(promised, header)
     data = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
     return data, sr, promised, fmt in _EXACT_COUNT
 
 
-def _read_pyav(path: Path) -> tuple[np.ndarray, int, int | None, bool]:
+def _read_pyav(fh: IO[bytes], suffix: str) -> tuple[np.ndarray, int, int | None, bool]:
     """Decode the first audio stream with PyAV -> ((n, channels) float32, rate, promised frames, False)."""
     if not pyav_available():
-        raise UnsupportedAudio(f"unsupported format {path.suffix or '(no extension)'}: libsndfile cannot read it; "
+        raise UnsupportedAudio(f"unsupported format {suffix or '(no extension)'}: libsndfile cannot read it; "
                                f"to decode it with FFmpeg: {PYAV_HINT}")
     import av
 
+    fh.seek(0)
     try:
-        with av.open(str(path)) as container:
+        with av.open(fh, "r") as container:
             if not container.streams.audio:
                 raise AudioError("no audio stream in the file")
             stream = container.streams.audio[0]
@@ -137,26 +152,41 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int, int | None, bool]:
                 promised = int(stream.duration * stream.time_base * sr)
             else:
                 promised = int(container.duration * sr / 1_000_000) if container.duration else None
+    except av.error.InvalidDataError as exc:
+        raise AudioError(f"not audio, or corrupt: FFmpeg finds no audio it can decode in it ({_starts(fh)})") from exc
     except av.error.FFmpegError as exc:
-        raise AudioError(f"unreadable: {exc}") from exc
+        raise AudioError(f"unreadable: FFmpeg: {exc.strerror or exc}") from exc
     if not parts:
         return np.zeros((0, 1), np.float32), int(sr or SAMPLE_RATE), promised, False
     return np.ascontiguousarray(np.concatenate(parts, axis=1).T, dtype=np.float32), int(sr), promised, False
 
 
+def _starts(fh: IO[bytes]) -> str:
+    fh.seek(0)
+    return f"it starts with {fh.read(12)!r}"
+
+
 def decode(path: str | Path) -> tuple[np.ndarray, int, str]:
     """Decode a file -> ((n, channels) float32, sample rate, decoder name); raises AudioError."""
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise AudioError("empty file (0 bytes)")
-    decoder = "pyav" if path.suffix.lower() in PYAV_SUFFIXES else "soundfile"
     try:
-        data, sr, promised, exact = _read_pyav(path) if decoder == "pyav" else _read_sndfile(path)
-    except sf.LibsndfileError as exc:
-        if "not recognised" not in str(exc).lower() or not pyav_available():
-            raise AudioError(f"unreadable: {exc}") from exc
-        decoder = "pyav"  # a container libsndfile does not know: let FFmpeg try
-        data, sr, promised, exact = _read_pyav(path)
+        fh = open(path, "rb")
+    except OSError as exc:  # permission denied, a symbolic link loop, a folder, ...
+        raise AudioError(f"unreadable: {(exc.strerror or str(exc)).lower()}") from exc
+    with fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise AudioError("empty file (0 bytes)")
+        decoder = "pyav" if path.suffix.lower() in PYAV_SUFFIXES else "soundfile"
+        try:
+            data, sr, promised, exact = _read_pyav(fh, path.suffix) if decoder == "pyav" else _read_sndfile(fh)
+        except sf.LibsndfileError as exc:
+            if "not recognised" not in str(exc).lower():
+                raise AudioError(f"unreadable: libsndfile: {exc.error_string}") from exc
+            if not pyav_available():
+                raise AudioError(f"not audio, or a format libsndfile does not know ({_starts(fh)}); if it is audio in "
+                                 f"another container: {PYAV_HINT}") from exc
+            decoder = "pyav"  # a container libsndfile does not know: let FFmpeg try
+            data, sr, promised, exact = _read_pyav(fh, path.suffix)
     if promised is not None and promised > 0 and data.shape[0] > 0:
         slack = 0 if exact else 0.01 * promised + 0.05 * sr
         if promised - data.shape[0] > slack:

@@ -1,9 +1,11 @@
-"""File helpers shared by the package: SHA-256 of a file, crash-safe writes, and how to say what
-was wrong with a file we refused without echoing its contents or relaying unsafe advice."""
+"""File helpers shared by the package: SHA-256 of a file, crash-safe writes, why a path leads to
+no file, and how to say what was wrong with a file we refused without echoing its contents or
+relaying unsafe advice."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -57,6 +59,22 @@ def try_lock(path: str | Path) -> Any:
     except Timeout:
         return None
     return lock
+
+
+def describe_missing(path: str | Path) -> str:
+    """Why `path` (which does not lead to a file) cannot be read: a missing entry, a broken or
+    looping symbolic link, a permission problem."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop (the link leads back to itself)"
+        if os.path.islink(path) and exc.errno == errno.ENOENT:
+            return f"a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "no such file or directory"
+        return (exc.strerror or str(exc)).lower()
+    return "not a regular file"
 
 
 _MAX_REASON = 160  # characters of a library's error message relayed to the user

@@ -248,8 +248,34 @@ def _gdown() -> Any:
     try:
         import gdown
     except ImportError as exc:
-        raise FetchError(f"downloading needs gdown: {GDOWN_HINT}; or download by hand (weights/README.md)") from exc
+        raise FetchError(f"downloading needs gdown: {GDOWN_HINT}") from exc
     return gdown
+
+
+def by_hand(model: ReleasedModel) -> str:
+    """How to fetch `model` without gdown or without a network here: the manual route, for messages."""
+    if model.kind == "audiomae-file":
+        what = f"download {model.file_name} from {model.source_url} (in a browser, on any machine)"
+        then = f"PATH/{model.file_name}"
+    else:
+        what = (f"download the folder {model.run_dir} (its config.json and newest checkpoint_<step>) from "
+                f"{RELEASE_FOLDER} (in a browser, on any machine)")
+        then = f"PATH/{model.run_dir}"
+    return f"to fetch it by hand: {what}, then run `hear-mwmae fetch {model.name} --from {then}`"
+
+
+def from_local_copy(path: str | Path) -> Downloader:
+    """A downloader for `fetch` that takes a copy the user downloaded by hand (see `by_hand`):
+    the MW-MAE run directory or the Audio-MAE file, used where it is (never moved)."""
+    source = Path(path).expanduser().absolute()
+
+    def local(model: ReleasedModel, dest: Path) -> Path:
+        if not source.exists():
+            raise FetchError(f"--from {source}: no such file or directory")
+        return source
+
+    local.local_copy = str(source)  # type: ignore[attr-defined]  (recorded by fetch)
+    return local
 
 
 def gdown_download(model: ReleasedModel, dest: Path) -> Path:
@@ -259,21 +285,43 @@ def gdown_download(model: ReleasedModel, dest: Path) -> Path:
     orbax directory with its files) of the run directory, from the release's Drive folder,
     into `dest/<run_dir>/` (returned). audiomae-file: the one file, as `dest/<file_name>`.
     """
+    try:
+        return _gdown_download(model, dest)
+    except FetchError as exc:
+        raise FetchError(f"{exc}; {by_hand(model)}") from exc
+
+
+def _failed(what: str, exc: BaseException | None) -> FetchError:
+    """A download that did not happen, in one line (requests' errors run over several)."""
+    if exc is None:
+        return FetchError(f"{what} failed (gdown got nothing: offline, or the file moved?)")
+    detail = " ".join(str(exc).split())
+    host = re.search(r"host='([^']+)'", detail)
+    if host and ("NameResolution" in detail or "Failed to resolve" in detail or "Max retries" in detail):
+        return FetchError(f"{what} failed: no network ({type(exc).__name__}: cannot reach {host[1]})")
+    return FetchError(f"{what} failed ({type(exc).__name__}: {detail[:300]})")
+
+
+def _gdown_download(model: ReleasedModel, dest: Path) -> Path:
     gdown = _gdown()
     if model.kind == "audiomae-file":
         path = dest / model.file_name
         dest.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s (%s)", model.file_name, model.source_url)
-        if not gdown.download(id=model.drive_file_id, output=str(path), quiet=False):
-            raise FetchError(f"download of {model.source_url} failed (offline, or the file moved?)")
+        try:
+            done = gdown.download(id=model.drive_file_id, output=str(path), quiet=False)
+        except Exception as exc:  # gdown raises its own types per version, requests' for the network
+            raise _failed(f"download of {model.source_url}", exc) from exc
+        if not done:
+            raise _failed(f"download of {model.source_url}", None)
         return path
     try:  # list the folder only; then fetch what we need (older checkpoints are as large as the newest)
         listing = gdown.download_folder(url=RELEASE_FOLDER, output=str(dest) + os.sep, quiet=True,
                                         skip_download=True)
-    except Exception as exc:  # gdown raises its own types per version
-        raise FetchError(f"could not list {RELEASE_FOLDER}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise _failed(f"listing {RELEASE_FOLDER}", exc) from exc
     if not listing:
-        raise FetchError(f"could not list {RELEASE_FOLDER} (gdown returned nothing; offline, or the folder moved?)")
+        raise _failed(f"listing {RELEASE_FOLDER}", None)
     inside = []  # (path inside the run directory, entry)
     for entry in listing:
         parts = Path(entry.path).parts
@@ -290,8 +338,12 @@ def gdown_download(model: ReleasedModel, dest: Path) -> Path:
     for rel, entry in chosen:
         (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s/%s", model.run_dir, rel.as_posix())
-        if not gdown.download(id=entry.id, output=str(run_dir / rel), quiet=False):
-            raise FetchError(f"download of {entry.path} from {RELEASE_FOLDER} failed")
+        try:
+            done = gdown.download(id=entry.id, output=str(run_dir / rel), quiet=False)
+        except Exception as exc:
+            raise _failed(f"download of {entry.path} from {RELEASE_FOLDER}", exc) from exc
+        if not done:
+            raise _failed(f"download of {entry.path} from {RELEASE_FOLDER}", None)
     return run_dir
 
 
@@ -431,12 +483,17 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False, kee
                       "license": model.license or None, "hub_repo": model.hub_repo or None,
                       "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "seconds": round(time.perf_counter() - start, 1)}
+            if getattr(downloader, "local_copy", None):
+                record["from_local_copy"] = downloader.local_copy  # type: ignore[union-attr]
             if keep_source and model.hub_repo:  # the Hub's cache keeps it
                 record["source_dir"] = str(downloaded)
             elif keep_source:
                 kept = root / f"{name}-source"
                 shutil.rmtree(kept, ignore_errors=True)
-                os.replace(downloaded, kept)
+                if work in downloaded.parents:
+                    os.replace(downloaded, kept)
+                else:  # a copy the user gave (--from): theirs stays where it is
+                    (shutil.copytree if downloaded.is_dir() else shutil.copy2)(downloaded, kept)
                 record["source_dir"] = str(kept)
             record_path(name, root).unlink(missing_ok=True)  # not "done" until the new record is in place
             os.replace(staged, root / model.filename)
@@ -449,6 +506,6 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False, kee
         lock.release()
 
 
-__all__ = ["AUDIOMAE_REPO", "CACHE_ENV", "DEFAULT", "KINDS", "MODELS", "RELEASE_FOLDER", "FetchError", "ReleasedModel", "cache_dir",
-           "cached_file", "describe_license", "fetch", "gdown_download", "get", "hub_download", "is_name", "names",
-           "read_record"]
+__all__ = ["AUDIOMAE_REPO", "CACHE_ENV", "DEFAULT", "KINDS", "MODELS", "RELEASE_FOLDER", "FetchError", "ReleasedModel",
+           "by_hand", "cache_dir", "cached_file", "describe_license", "fetch", "from_local_copy", "gdown_download", "get",
+           "hub_download", "is_name", "names", "read_record"]

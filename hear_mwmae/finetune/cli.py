@@ -143,12 +143,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set epochs=20 --set mixup=0 --set multi_label=true")
     p.add_argument("--batch-size", type=int, help="global batch per optimiser step")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the training data (unless --max-steps is given)")
     p.add_argument("--max-steps", type=int, help="total optimiser steps (overrides epochs)")
     p.add_argument("--lr", type=float, help="base lr per 256 samples (the authors' blr)")
     p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-steps")
     p.add_argument("--workers", type=int, help="DataLoader workers per process")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int,
+                   help="seed of the head's initialisation, augmentation and data order (default 0)")
     p.add_argument("--checkpoint-every", type=int, help="optimiser steps between checkpoints (0: each epoch)")
     p.add_argument("--log-every", type=int, help="optimiser steps between metrics lines")
     p.add_argument("--sha256", help="pin the starting checkpoint's sha256")

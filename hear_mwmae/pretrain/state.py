@@ -103,7 +103,8 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused: the file pickles objects other than tensors and plain containers, "
-                              f"and is never unpickled with code execution ({refused_pickle_reason(exc)})") from exc
+                              f"and is never unpickled with code execution ({refused_pickle_reason(exc)}); `hear-mwmae pretrain` "
+                              "writes none, so this file comes from elsewhere") from exc
     except Exception as exc:  # torch raises many unrelated types for a damaged file
         raise CheckpointError(f"{path}: not a readable training checkpoint (truncated or corrupt?): "
                               f"{type(exc).__name__}: {safe_reason(exc)}") from exc
