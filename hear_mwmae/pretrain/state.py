@@ -102,9 +102,9 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused: the file pickles objects other than tensors and plain containers, "
-                              f"and is never unpickled with code execution ({refused_pickle_reason(exc)}); `hear-mwmae pretrain` "
-                              "writes none, so this file comes from elsewhere") from exc
+        raise CheckpointError(f"{path}: refused: it pickles objects other than tensors and plain containers, which are "
+                              f"never unpickled with code execution ({refused_pickle_reason(exc)}); `hear-mwmae "
+                              "pretrain` writes none, so this file comes from elsewhere") from exc
     except Exception as exc:  # torch raises many unrelated types for a damaged file
         raise CheckpointError(f"{path}: not a readable training checkpoint (truncated or corrupt?): "
                               f"{type(exc).__name__}: {safe_reason(exc)}") from exc
@@ -113,6 +113,10 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     if state.get("format_version") != TRAIN_FORMAT_VERSION:
         raise CheckpointError(f"{path}: training checkpoint version {str(state.get('format_version'))[:20]} is not "
                               "supported")
+    missing = [key for key in ("train_config", "step", "model", "optimizer") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete training checkpoint (no usable {missing[0]!r}); export the run's "
+                              "last good checkpoint, or resume the run to write a new one")
     try:
         check_tensors(state.get("model"))
     except WeightsError as exc:
