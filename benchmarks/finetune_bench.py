@@ -77,6 +77,7 @@ def worker(family: str, batch: int, steps: int, device: str, classes: int, size:
         step()
     train_cps = steps * batch / (time.perf_counter() - began)
 
+    params = sum(p.numel() for p in model.parameters())  # (before the runtime fuses the linears in place)
     runtime = MWMAERuntime(model.encoder, config, device=dev, classifier=model.classifier)
     del opt
     audio = torch.rand(tag_clips, int(16000 * tag_seconds)) * 0.2 - 0.1
@@ -88,7 +89,6 @@ def worker(family: str, batch: int, steps: int, device: str, classes: int, size:
         results[name] = tag_clips * tag_seconds / best
     peak = (torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    params = sum(p.numel() for p in model.parameters())
     return {"family": family, "device": device, "batch": batch, "params_M": round(params / 1e6, 2),
             "train_clips_per_s": round(train_cps, 3), "tag_audio_s_per_s": round(results["tag"], 2),
             "embed_audio_s_per_s": round(results["embed"], 2), "peak_GiB": round(peak, 2),
