@@ -10,8 +10,11 @@ summary and the index with the reason it was not embedded (unsupported extension
 directory named like audio, symbolic link loop, ...). A file named directly is attempted
 whatever its extension. Any file name works (unicode, spaces, bytes that are not UTF-8).
 Audio is mixed down to mono (mean of the channels) and resampled to 16 kHz with
-`scipy.signal.resample_poly` at the exact rational ratio. Unreadable, empty, truncated
-(fewer frames than the header promises), non-audio or non-finite files are errors.
+`scipy.signal.resample_poly` at the exact rational ratio, a block at a time: a file of any
+length is embedded in bounded memory (longer than 5 min: through a temporary file in OUT).
+Unreadable, empty, truncated (fewer frames than the header promises), non-audio or
+non-finite files are errors, as are sample rates outside 1000-768000 Hz, more than 64
+channels, files longer than --max-duration, and embeddings that come out NaN or Inf.
 
 Outputs mirror each input's absolute path below OUT, extension kept, ".npy" appended, so
 two inputs never share an output (speech.mp3 / speech.ogg, a/x.wav / b/x.wav) and a file
@@ -49,6 +52,10 @@ Crashes: outputs are written to a temporary file and renamed, and a record says
 an output without a record; the next run redoes what was pending and removes temporary
 files. A lock file (OUT/.embed.lock) stops a second `embed` on the same OUT.
 
+Nothing in OUT is trusted (docs/security.md): nothing outside it is ever written or deleted
+(index records naming other paths are ignored with a warning), no symbolic link inside it is
+followed, and a damaged index is repaired with a warning.
+
 Under torchrun the input files are split between the ranks (each on cuda:LOCAL_RANK, or
 the CPU); each rank writes its own index part, merged into index.jsonl by rank 0 at the
 end (and by the next run, if this one is killed).
@@ -62,6 +69,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -73,14 +81,16 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .audio import SAMPLE_RATE, read_audio
+from .audio import SAMPLE_RATE
+from .embed_decode import Clip, decode_clip, failure_reason
 from .embed_index import (INDEX_NAME, PENDING, EmbedFolderError, FolderLock, Index, clean_temporary, delete_outputs,
                           input_facts, merge_parts, outputs_of, part_name, redo_reason, remove_outputs,
                           settings_conflicts)
 from .embed_migrate import ensure_layout
 from .embed_plan import Job, Plan, canonical, find_jobs, in_scope, is_gone
+from .embed_stream import Rows, embed_long
 from .errors import UsageError
-from .files import atomic_write
+from .out_folder import OutFolder
 from .pretrain.distributed import DistInfo, barrier, gather_objects, init_from_env, shutdown
 from .runtime import LOUD_AUDIO
 from .sources import checkpoint_sha256
@@ -116,10 +126,24 @@ def check_device(name: str | None) -> None:
         raise UsageError(str(exc)) from None
 
 
-def atomic_save(path: Path, array: np.ndarray) -> None:
-    """`np.save` so that a crash never leaves a half-written file."""
-    with atomic_write(path) as fh:
-        np.save(fh, np.ascontiguousarray(array))
+def atomic_save(folder: OutFolder, name: str, array: np.ndarray | Rows) -> None:
+    """`np.save` of `array` as `name` inside the folder, so that a crash never leaves a half-written
+    file; a `Rows` (a long clip's timestamp embeddings) is copied a block of rows at a time."""
+    with folder.atomic_write(name) as fh:
+        if isinstance(array, Rows):
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(array.dtype),
+                                                      "fortran_order": False, "shape": array.shape})
+            for block in array.blocks():
+                fh.write(block.tobytes())
+        else:
+            np.save(fh, np.ascontiguousarray(array))
+
+
+def check_finite(emb: np.ndarray | Rows, peak: float) -> None:
+    """Raise ValueError when an embedding holds NaN or Inf (extreme audio overflows the frontend)."""
+    finite = emb.finite if isinstance(emb, Rows) else bool(np.isfinite(emb).all())
+    if not finite:
+        raise ValueError(f"the embedding is not finite (NaN or Inf){f'; the audio peaks at {peak:.3g}' if peak > 1 else ''}")
 
 
 # ----------------------------------------------------------------------------- the folder, before embedding
@@ -131,8 +155,10 @@ def _prepare_folder(out_dir: Path, plan: Plan, settings: dict[str, Any], force: 
     run's scope that no longer exists: a missing file named again is a removal, not an error)."""
     message, keys = settings_conflicts(Index(out_dir), settings)  # refused: before anything is touched
     if keys and not force:
-        raise EmbedFolderError(f"{out_dir} holds embeddings made with other settings: {message}. Use another "
-                               f"--out, or --force to delete those outputs and re-embed with this run's settings")
+        raise EmbedFolderError(f"{out_dir} holds embeddings made with other settings: {message}; nothing was "
+                               f"changed. Check that this is the --out you meant: to keep them, use another --out; "
+                               f"--force replaces them (it deletes only the outputs inside {out_dir} that its index "
+                               f"names for those inputs, and re-embeds them with this run's settings)")
     if clean_temporary(out_dir):
         log.info("%s: removed temporary files left by an interrupted run", out_dir)
     ensure_layout(out_dir)
@@ -165,7 +191,7 @@ def _account_removed(index: Index, plan: Plan, keep_removed: bool) -> tuple[list
             if not why:
                 continue
         gone.add(key)
-        kept = keep_removed and any((index.out_dir / p).is_file() for p in outputs_of(record))
+        kept = keep_removed and any(index.folder.is_file(p) for p in outputs_of(record))
         status = f"removed: {why}" + ("; outputs kept (--keep-removed)" if kept else "")
         if record.get("status") == status:  # accounted for by an earlier run
             continue
@@ -178,22 +204,25 @@ def _account_removed(index: Index, plan: Plan, keep_removed: bool) -> tuple[list
 
 
 # ----------------------------------------------------------------------------- embedding
-Decoded = tuple[Job, np.ndarray, dict[str, Any]]
+Decoded = tuple[Job, Clip, dict[str, Any]]
 
 
 def _decoded(jobs: list[tuple[Job, dict[str, Any]]], on_error: Callable[[Job, BaseException, dict[str, Any]], None],
-             ) -> Iterator[list[Decoded]]:
-    """Yield windows of decoded files (bounded count and samples); report read failures."""
+             spill_dir: Path | None = None, max_duration: float | None = None) -> Iterator[list[Decoded]]:
+    """Yield windows of decoded files (bounded count and samples); report read failures. A clip
+    too long to hold (only with `spill_dir`) comes alone, its samples in a temporary file."""
     window: list[Decoded] = []
     samples = 0
     for job, extra in jobs:
-        try:
-            audio, info = read_audio(job.source)
-        except Exception as exc:  # decoders raise several types for unreadable files
-            on_error(job, exc, extra)
+        clip = decode_clip(job.source, spill_dir, max_duration)
+        if clip.error:
+            on_error(job, ValueError(clip.error.removeprefix("error: ")), extra)
             continue
-        window.append((job, audio, {**extra, **info}))
-        samples += audio.shape[0]
+        if clip.spill is not None:
+            yield [(job, clip, {**extra, **clip.info})]
+            continue
+        window.append((job, clip, {**extra, **clip.info}))
+        samples += clip.num_samples
         if len(window) >= WINDOW_FILES or samples >= WINDOW_SAMPLES:
             yield window
             window, samples = [], 0
@@ -218,20 +247,22 @@ def _share(value: Any, info: DistInfo) -> Any:
 
 def embed_files(runtime: torch.nn.Module, plan: Plan, out_dir: str | Path, *, settings: dict[str, Any],
                 mode: str = "scene", overwrite: bool = False, force: bool = False, hash_inputs: bool = False,
-                keep_removed: bool = False, progress: bool | None = None, dist_info: DistInfo | None = None) -> Summary:
+                keep_removed: bool = False, progress: bool | None = None, dist_info: DistInfo | None = None,
+                max_duration: float | None = None) -> Summary:
     """Embed the jobs of `plan` (from `find_jobs` with the same `mode`) into `out_dir` with an
     `MWMAERuntime`, and record every entry of the plan; see the module docstring.
 
     `settings` must give `checkpoint_sha256` (see `sources.checkpoint_sha256`) and `precision`,
     and may give `model`; they are stored in every record. `progress`: None shows a tqdm bar
     only on a terminal. Under torchrun pass `dist_info`: each rank embeds its share of the
-    jobs; the returned summary is the whole run's, on every rank.
+    jobs; the returned summary is the whole run's, on every rank. `max_duration`: longer files
+    (seconds) are errors.
     """
     missing = {"checkpoint_sha256", "precision"} - set(settings)
     if missing:
         raise TypeError(f"settings must give {sorted(missing)}")
     info = dist_info or DistInfo()
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.realpath(out_dir))  # (--out itself may be a link; nothing inside it is followed)
     settings = {**settings, "mode": mode}
     with contextlib.ExitStack() as stack:
         error, removed, gone = None, [], set()
@@ -248,7 +279,7 @@ def embed_files(runtime: torch.nn.Module, plan: Plan, out_dir: str | Path, *, se
         barrier(info)
         summary = _embed_share(runtime, plan.jobs[info.rank::info.world_size], out_dir, settings, mode, overwrite,
                                hash_inputs, [(i, r) for i, r in plan.failed if i not in gone] if info.is_main else [],
-                               plan.not_audio if info.is_main else [], progress, info)
+                               plan.not_audio if info.is_main else [], progress, info, max_duration)
         summary.removed = removed
         barrier(info)
         parts = gather_objects(summary, info)
@@ -263,9 +294,11 @@ def embed_files(runtime: torch.nn.Module, plan: Plan, out_dir: str | Path, *, se
 
 def _embed_share(runtime: torch.nn.Module, jobs: list[Job], out_dir: Path, settings: dict[str, Any], mode: str,
                  overwrite: bool, hash_inputs: bool, problems: list[tuple[str, str]],
-                 not_audio: list[tuple[str, str]], progress: bool | None, info: DistInfo) -> Summary:
+                 not_audio: list[tuple[str, str]], progress: bool | None, info: DistInfo,
+                 max_duration: float | None = None) -> Summary:
     """This rank's part of `embed_files`: reuse what is valid, embed the rest, record everything."""
     index = Index(out_dir, writer=part_name(info.rank) if info.enabled else INDEX_NAME)
+    folder = index.folder
     summary = Summary(not_audio=list(not_audio))
 
     def unusable(item: str, reason: str, record: dict[str, Any]) -> None:
@@ -291,8 +324,7 @@ def _embed_share(runtime: torch.nn.Module, jobs: list[Job], out_dir: Path, setti
                    "status": status, **extra, **fields, **settings})
 
     def failed(job: Job, exc: BaseException, extra: dict[str, Any]) -> None:
-        reason = f"error: {exc}" if isinstance(exc, ValueError) else f"error: {type(exc).__name__}: {exc}"
-        reason = " ".join(reason.split())
+        reason = failure_reason(exc)
         log.error("%s: %s", job.source, reason)
         summary.failed.append((str(job.source), reason))
         delete_outputs(out_dir, [p.as_posix() for p in job.outputs])  # stale, or half of a pair
@@ -321,39 +353,65 @@ def _embed_share(runtime: torch.nn.Module, jobs: list[Job], out_dir: Path, setti
     if set(redo) - {"new"}:
         log.info("re-embedding: %s", ", ".join(f"{n} {why}" for why, n in redo.items() if why != "new"))
 
+    def write(job: Job, clip: Clip, extra: dict[str, Any], emb: np.ndarray | Rows, stamps: np.ndarray) -> None:
+        try:
+            check_finite(emb, clip.peak)
+            record(job, PENDING, {})  # from here on, an output on disk always has a record
+            atomic_save(folder, job.output.as_posix(), emb)
+            if job.timestamps is not None:
+                atomic_save(folder, job.timestamps.as_posix(), stamps)
+        except Exception as exc:
+            failed(job, exc, extra)
+            return
+        finally:
+            if isinstance(emb, Rows):
+                emb.close()
+        summary.embedded += 1
+        steps = {"steps": int(stamps.shape[0])} if mode == "timestamp" else {}
+        record(job, "ok", extra, dim=int(emb.shape[-1]), **steps)
+        bar.update(1)
+
+    def loud(job: Job, clip: Clip, extra: dict[str, Any]) -> dict[str, Any]:
+        if clip.peak > LOUD_AUDIO:
+            log.warning("%s: peak %.3g is far outside [-1, 1]; embedded as it is (is it scaled as int16?)",
+                        job.source, clip.peak)
+            return {**extra, "warning": f"peak {clip.peak:.3g} far outside [-1, 1]"}
+        return extra
+
     with logging_redirect_tqdm(), bar:
-        for window in _decoded(todo, failed):
+        for window in _decoded(todo, failed, out_dir, max_duration):
             groups: dict[int, list[Decoded]] = defaultdict(list)
-            for job, audio, extra in window:
-                peak = float(np.abs(audio).max())
-                if peak > LOUD_AUDIO:
-                    log.warning("%s: peak %.3g is far outside [-1, 1]; embedded as it is (is it scaled as int16?)",
-                                job.source, peak)
-                    extra = {**extra, "warning": f"peak {peak:.3g} far outside [-1, 1]"}
-                groups[audio.shape[0]].append((job, audio, extra))
+            for job, clip, extra in window:
+                extra = loud(job, clip, extra)
+                if clip.spill is not None:  # a long clip: swept from its temporary file in bounded memory
+                    try:
+                        emb, stamps = embed_long(runtime, clip.blocks, clip.num_samples, clip.wave_mean,
+                                                 mode == "scene")
+                    except Exception as exc:
+                        failed(job, exc, extra)
+                        continue
+                    finally:
+                        clip.discard()
+                    write(job, clip, extra, emb, stamps)
+                    continue
+                groups[clip.num_samples].append((job, clip, extra))
             for group in groups.values():
                 results = None
                 try:
-                    results = _embed_group(runtime, [audio for _, audio, _ in group], mode)
+                    results = _embed_group(runtime, [clip.samples for _, clip, _ in group], mode)
                 except Exception as exc:  # retry one by one so that one bad file cannot sink the others
                     if len(group) == 1:
                         failed(group[0][0], exc, group[0][2])
                         continue
                     log.warning("a batch of %d files failed (%s); embedding them one by one", len(group), exc)
-                for i, (job, audio, extra) in enumerate(group):
+                for i, (job, clip, extra) in enumerate(group):
                     try:
-                        emb, stamps = results[i] if results else _embed_group(runtime, [audio], mode)[0]
-                        record(job, PENDING, {})  # from here on, an output on disk always has a record
-                        atomic_save(out_dir / job.output, emb)
-                        if job.timestamps is not None:
-                            atomic_save(out_dir / job.timestamps, stamps)
+                        emb, stamps = results[i] if results else _embed_group(runtime, [clip.samples], mode)[0]
                     except Exception as exc:
                         failed(job, exc, extra)
                         continue
-                    summary.embedded += 1
-                    steps = {"steps": int(stamps.shape[0])} if mode == "timestamp" else {}
-                    record(job, "ok", extra, dim=int(emb.shape[-1]), **steps)
-                    bar.update(1)
+                    write(job, clip, extra, emb, stamps)
+    index.close()
     return summary
 
 
@@ -386,11 +444,24 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--hash-inputs", action="store_true",
                    help="decide whether an input changed by its size and sha256 (read in full every run) instead "
                         "of its size, times and inode; see 'Never stale' above")
+    p.add_argument("--max-duration", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="files longer than this are errors (checked in the header, then while decoding); default: "
+                        "no limit (long files are embedded in bounded memory)")
     p.add_argument("--keep-removed", action="store_true",
                    help="keep the outputs of inputs that no longer exist (their records say so) instead of deleting")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def _model_ref(text: str) -> str:
@@ -455,7 +526,8 @@ def run(args: argparse.Namespace) -> int:
         summary = embed_files(runtime, plan, out, mode=args.mode, overwrite=args.overwrite, force=args.force,
                               hash_inputs=args.hash_inputs, keep_removed=args.keep_removed,
                               settings={"model": model, "checkpoint_sha256": sha, "precision": args.precision},
-                              progress=False if args.no_progress else None, dist_info=info)
+                              progress=False if args.no_progress else None, dist_info=info,
+                              max_duration=args.max_duration)
         if info.is_main:
             _report(summary, out, args.keep_removed)
         return 1 if summary.failed else 0

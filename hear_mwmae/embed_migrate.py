@@ -24,21 +24,29 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .embed_index import (INDEX_NAME, LAYOUT, LAYOUT_NAME, PART_GLOB, EmbedFolderError, delete_outputs, outputs_of,
+from .embed_index import (INDEX_NAME, LAYOUT, LAYOUT_NAME, EmbedFolderError, delete_outputs, outputs_of, part_names,
                           read_lines, to_json)
 from .embed_plan import output_names
-from .files import atomic_write
+from .out_folder import LinkError, OutFolder
 
 log = logging.getLogger(__name__)
 
 
 def ensure_layout(out_dir: Path) -> None:
     """Make `out_dir` a folder of today's layout (see the module docstring)."""
-    marker = out_dir / LAYOUT_NAME
-    if marker.is_file():
+    folder = OutFolder(out_dir)
+    marker = folder.root / LAYOUT_NAME
+    try:
+        fh = folder.open_read(LAYOUT_NAME)
+    except LinkError:
+        raise EmbedFolderError(f"{marker} is a symbolic link or not a file: embed never reads or writes its records "
+                               f"through a link; remove it, or use another --out") from None
+    if fh is not None:
+        with fh:
+            text = fh.read(1 << 16)
         try:
-            layout = json.loads(marker.read_text(encoding="utf-8")).get("layout")
-        except (ValueError, AttributeError):
+            layout = json.loads(text.decode("utf-8")).get("layout")
+        except (ValueError, AttributeError, RecursionError):
             layout = None
         if layout == LAYOUT["layout"]:
             return
@@ -47,21 +55,23 @@ def ensure_layout(out_dir: Path) -> None:
                                    f"`hear-mwmae embed` outputs, delete {marker} to have it checked and migrated")
         raise EmbedFolderError(f"{out_dir} was written by a newer hear-mwmae (layout {layout}); use that version, "
                                f"or another --out")
-    if (out_dir / INDEX_NAME).is_file() or any(out_dir.glob(PART_GLOB)):
-        moved = _migrate_from_layout_1(out_dir)
+    if folder.is_file(INDEX_NAME) or part_names(folder):
+        moved = _migrate_from_layout_1(folder)
         log.warning("%s: renamed the results of an older hear-mwmae to today's names (%d moved): "
                     "OUT/<absolute input path>.npy", out_dir, moved)
-    with atomic_write(marker, "w") as fh:
+    with folder.atomic_write(LAYOUT_NAME, "w") as fh:
         json.dump(LAYOUT, fh, indent=1)
 
 
-def _old_records(out_dir: Path) -> list[dict[str, Any]]:
+def _old_records(folder: OutFolder) -> list[dict[str, Any]]:
     """Layout 1's records: index.jsonl then parts, last line per output (else per input) wins."""
     records: dict[str, dict[str, Any]] = {}
-    for path in [out_dir / INDEX_NAME, *sorted(out_dir.glob(PART_GLOB))]:
-        if path.is_file():
-            for r in read_lines(path):
-                records[r.get("output") or r["input"]] = r
+    for name in [INDEX_NAME, *part_names(folder)]:
+        fh = folder.open_read(name)
+        if fh is not None:
+            with fh:
+                for r in read_lines(folder.root / name, fh):
+                    records[r.get("output") or r["input"]] = r
     return list(records.values())
 
 
@@ -76,10 +86,11 @@ def _same_file(record: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _migrate_from_layout_1(out_dir: Path) -> int:
+def _migrate_from_layout_1(folder: OutFolder) -> int:
+    out_dir = folder.root
     by_input: dict[str, dict[str, Any]] = {}
     stale: list[str] = []  # outputs that no valid record keeps
-    for r in _old_records(out_dir):
+    for r in _old_records(folder):
         if r["input"] in by_input:
             stale += outputs_of(by_input[r["input"]])
         by_input[r["input"]] = r
@@ -103,16 +114,16 @@ def _migrate_from_layout_1(out_dir: Path) -> int:
                                    f"({old} would replace {target}); embed into a new --out")
     moved = 0
     for old, target in moves:
-        if (out_dir / old).is_file():
-            (out_dir / target).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(out_dir / old, out_dir / target)
-            moved += 1
-    delete_outputs(out_dir, [p for p in stale if p not in {t for _, t in moves}])
-    delete_outputs(out_dir, [old for old, _ in moves])  # nothing left there: prunes emptied folders
-    with atomic_write(out_dir / INDEX_NAME, "wb") as fh:
+        try:
+            moved += folder.move(old, target)
+        except LinkError as exc:
+            log.warning("%s: not renamed (%s); it is embedded again", old, exc.strerror)
+    delete_outputs(folder, [p for p in stale if p not in {t for _, t in moves}])
+    delete_outputs(folder, [old for old, _ in moves])  # nothing left there: prunes emptied folders
+    with folder.atomic_write(INDEX_NAME, "wb") as fh:
         fh.writelines((to_json(r) + "\n").encode("utf-8") for r in new_records)
-    for part in out_dir.glob(PART_GLOB):
-        part.unlink(missing_ok=True)
+    for part in part_names(folder):
+        folder.delete(part)
     return moved
 
 

@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         with bar:
             for window in _decoded([(job, {}) for job in plan.jobs], on_error):
                 groups: dict[int, list] = defaultdict(list)
-                for item in window:
-                    groups[len(item[1])].append(item)
+                for job, clip, facts in window:  # (no spill folder: every clip is in memory)
+                    groups[clip.num_samples].append((job, clip.samples, facts))
                 for group in groups.values():
                     try:
                         results = tag_group(runtime, [audio for _, audio, _ in group], args.top_k, args.per_chunk)

@@ -145,3 +145,12 @@ def test_load_checks_bench_times_both_ways():
 
     assert payload_checks.check_state_dict.__module__ == "hear_mwmae.state_checks"  # the checks are restored
     assert checkpoint._check_parts.__module__ == "hear_mwmae.checkpoint"
+
+
+def test_long_file_bench_reports_both_peaks_and_the_difference(tmp_path):
+    out = run("long_file_bench.py", "--minutes", "0.2", "--threads", "1", "--json", str(tmp_path / "l.json"),
+              cwd=tmp_path)
+    data = json.loads((tmp_path / "l.json").read_text())
+    assert data["embed"]["peak_rss_mib"] > 100 and data["whole"]["peak_rss_mib"] > 100
+    assert data["difference"]["max_abs"] == 0.0  # 12 s: held in memory, the same path
+    assert "peak RSS" in out

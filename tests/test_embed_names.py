@@ -219,11 +219,11 @@ def test_a_run_stopped_while_writing_leaves_a_pending_record_and_is_finished_nex
         write(src / f"f{i}.wav", tone(0.5, i))
     real_save, calls = embed.atomic_save, []
 
-    def killed_on_the_second(path, array):
-        calls.append(path)
+    def killed_on_the_second(folder, name, array):
+        calls.append(name)
         if len(calls) == 2:
             raise KeyboardInterrupt  # as kill would, between two files
-        real_save(path, array)
+        real_save(folder, name, array)
 
     monkeypatch.setattr(embed, "atomic_save", killed_on_the_second)
     assert cli("--model", tiny_checkpoint, src, "--out", out) == 130

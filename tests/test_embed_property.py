@@ -243,13 +243,14 @@ class EmbedMachine(RuleBasedStateMachine):
         half an index line) stays behind."""
         real, calls = embed.atomic_save, []
 
-        def dies(path: Path, array: np.ndarray) -> None:
+        def dies(folder, name: str, array: np.ndarray) -> None:
+            path = folder.path(name)
             calls.append(path)
             if len(calls) == after:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 (path.parent / f".{path.name}.k1ll3d_x.tmp").write_bytes(b"\x93NUMPY half")
                 raise Killed
-            real(path, array)
+            real(folder, name, array)
 
         embed.atomic_save = dies
         try:
