@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 from pathlib import Path
 
@@ -106,12 +108,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def torchrun_cli(*argv: str, nproc: int = 2, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+def torchrun_cli(*argv: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc_per_node NPROC -m hear_mwmae.cli ARGV...`, one thread per
     process (gloo on the CPU), output captured."""
-    import subprocess
-    import sys
-
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "hear_mwmae.cli", *argv]
     return subprocess.run(cmd, env=child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
