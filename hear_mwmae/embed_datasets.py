@@ -137,12 +137,13 @@ def load(path_or_name: str, split: str | None) -> tuple[Any, str, str]:
         else:
             loaded = datasets.load_dataset(str(path) if path.exists() else path_or_name)
             name = str(canonical(path)) if path.exists() else path_or_name
-    except ImportError as exc:  # e.g. the audiofolder builder encodes audio with torchcodec
-        raise UsageError(f"--hf-dataset {path_or_name}: `datasets` cannot load it here ({exc}); a folder of audio "
-                         f"files embeds directly: hear-mwmae embed {path_or_name} --format parquet") from None
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a missing / unreadable dataset
-        cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
-        raise UsageError(f"--hf-dataset {path_or_name}: cannot load it: {' '.join(str(cause).split())[:300]}") from None
+        missing = _import_error(exc)
+        if missing is not None:  # e.g. the audiofolder builder encodes every file with torchcodec
+            raise UsageError(f"--hf-dataset {path_or_name}: `datasets` cannot build it without a package it "
+                             f"needs ({' '.join(str(missing).split())[:200]}); a folder of audio files embeds "
+                             f"directly: hear-mwmae embed {path_or_name} --format parquet") from None
+        raise UsageError(f"--hf-dataset {path_or_name}: cannot load it: {' '.join(str(exc).split())[:300]}") from None
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded)
         chosen = split or ("train" if "train" in loaded else splits[0] if len(splits) == 1 else None)
@@ -152,6 +153,15 @@ def load(path_or_name: str, split: str | None) -> tuple[Any, str, str]:
     if split is not None and str(loaded.split) != split:
         raise UsageError(f"--hf-dataset {path_or_name}: it holds one split ({loaded.split}), not {split!r}")
     return loaded, name, str(loaded.split or "train")
+
+
+def _import_error(exc: BaseException | None) -> ImportError | None:
+    """The ImportError in `exc`'s chain of causes, if any."""
+    while exc is not None:
+        if isinstance(exc, ImportError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ output:
                              naming the results a failed write took with it
     store.close()         -> the results still waiting (the last shard)
     store.missing(record, job) -> why a recorded result is no longer usable, or None
-    store.compact(records, keep_removed)   rank 0, under the lock: drop what no record keeps
+
+What no record keeps any more goes on rank 0, under the lock: `.npy` files with their records
+(`embed_index.delete_outputs`), Parquet rows by `embed_parquet.compact_shards`.
 
 `NpyStore` (the default, `--format npy`): one file per input (and one of timestamps), named by
 `embed_plan.output_names`, each written atomically inside the folder (`out_folder.py`).
@@ -117,12 +119,4 @@ class NpyStore:
         return None
 
 
-def compact_outputs(folder: OutFolder, records: dict[str, dict[str, Any]], keep_removed: bool) -> None:
-    """Rank 0, under the lock: what no record keeps goes (Parquet rows; `.npy` files are deleted
-    with their records already)."""
-    from .embed_parquet import compact_shards
-
-    compact_shards(folder, records)
-
-
-__all__ = ["FORMATS", "NpyStore", "Result", "Store", "StoreError", "compact_outputs", "save_npy"]
+__all__ = ["FORMATS", "NpyStore", "Result", "Store", "StoreError", "save_npy"]

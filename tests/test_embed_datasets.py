@@ -125,3 +125,29 @@ def test_hf_dataset_cli_writes_parquet_and_resumes_per_row(tmp_path, dataset, wa
     assert cli("--model", tiny_checkpoint, "--hf-dataset", tmp_path / "old", "--format", "npy", "--out",
                tmp_path / "x") == 2
     assert cli("--model", tiny_checkpoint, "--hf-dataset", tmp_path / "nothing", "--out", tmp_path / "x") == 2
+
+
+def test_an_audiofolder_layout_embeds_or_names_the_way_that_does(tmp_path, wavs, runtime, tiny_checkpoint, caplog):
+    """`datasets` builds an audiofolder only with torchcodec (it encodes each file); without it, --hf-dataset
+    fails in one line naming the direct way (embedding the folder), which gives the same rows."""
+    import importlib.util
+    import shutil
+
+    folder = tmp_path / "af" / "train"
+    folder.mkdir(parents=True)
+    for path in wavs:
+        shutil.copy(path, folder / path.name)
+    out = tmp_path / "out"
+    code = cli("--model", tiny_checkpoint, "--hf-dataset", tmp_path / "af", "--out", out)
+    if importlib.util.find_spec("torchcodec") is None:
+        assert code == 2
+        err = caplog.records[-1].getMessage()
+        assert "\n" not in err and "torchcodec" in err and f"hear-mwmae embed {tmp_path / 'af'} --format parquet" in err
+        assert cli("--model", tiny_checkpoint, tmp_path / "af", "--format", "parquet", "--out", out) == 0
+    else:
+        assert code == 0
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in pq.read_table(out / "embeddings").to_pylist()}
+    assert sorted(rows) == [p.name for p in wavs]
+    for path in wavs:
+        np.testing.assert_allclose(np.asarray(rows[path.name]["embedding"], np.float32), expected(runtime, path),
+                                   rtol=1e-5, atol=1e-6)
