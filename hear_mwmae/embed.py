@@ -8,8 +8,9 @@
 
 Inputs are files or folders (on the command line, and/or one per line in --files-from LIST,
 "-" for stdin), or the rows of a Hugging Face `datasets` dataset with an Audio column
-(--hf-dataset: a folder of `save_to_disk`, a local Parquet / audiofolder folder, or a Hub
-name; the stored bytes or paths are decoded here, torchcodec is not needed). Folders are searched recursively for audio: the formats
+(--hf-dataset: a folder of `save_to_disk`, a local Parquet folder, or a Hub name; the stored
+bytes or paths are decoded here, torchcodec is not needed; an audiofolder layout needs
+torchcodec inside `datasets`: embed its folder directly). Folders are searched recursively for audio: the formats
 libsndfile reads (wav, flac, ogg/opus, mp3, aiff, ...) and, decoded with PyAV when `av` is
 installed, m4a/mp4, aac, wma, webm, ... Every other entry of a folder is listed in the
 summary and the index with the reason it was not embedded (unsupported extension, hidden,
@@ -274,7 +275,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="also the files / folders named in LIST, one per line ('-': read them from stdin)")
     p.add_argument("--hf-dataset", metavar="PATH_OR_NAME", default=None,
                    help="embed the rows of a Hugging Face datasets dataset instead: a save_to_disk folder, a local "
-                        "Parquet / audiofolder folder or a Hub name (writes Parquet; needs pip install datasets)")
+                        "Parquet folder or a Hub name (writes Parquet; needs pip install datasets)")
     p.add_argument("--split", default=None, help="with --hf-dataset: the split (default: train, or the only one)")
     p.add_argument("--audio-column", default="audio", metavar="C",
                    help="with --hf-dataset: the Audio column (default audio)")
