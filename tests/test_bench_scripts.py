@@ -166,7 +166,7 @@ def test_embed_bench_reports_decode_model_embed_and_file_counts(tmp_path):
         assert r["decode_audio_s_per_s"] > 0 and r["model_audio_s_per_s"] > 0 and r["embed_audio_s_per_s"] > 0
         bound = min(r["decode_audio_s_per_s"], r["model_audio_s_per_s"])
         assert r["fraction_of_bound"] == pytest.approx(r["embed_audio_s_per_s"] / bound)
-    assert rows[0]["vs_workers_0"] == 1.0
+    assert rows[0]["vs_workers_0"] == 1.0 and data["speeds"]["worker_start_s"] > 0
     counts = {c["format"]: c for c in data["corpus"]}
     # npy: a file per clip + index.jsonl, embed.json, .embed.lock; parquet: one shard + the same three
     assert counts["npy"]["files_in_out"] == 5 + 3 and counts["parquet"]["files_in_out"] == 1 + 3
