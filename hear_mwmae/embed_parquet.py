@@ -12,7 +12,8 @@ fixed-size list of D float32; timestamp mode: a list of steps such lists), `time
     datasets.load_dataset("parquet", data_dir="OUT/embeddings", split="train")
 
 Writing: the writer thread adds each result to the open shard, a temporary file beside its name
-(row groups of at most 64 MB or 256 rows, so memory stays bounded), and closes the shard when it
+(row groups of at most 64 MB or 256 rows; a written row keeps only what its record needs, so
+memory stays bounded whatever --shard-rows), and closes the shard when it
 is full, renaming it into place; only then do its rows' records say "ok" (until then "pending",
 naming the shard). A killed run leaves a temporary file (removed by the next run) and pending
 records (redone): never a visible row without a record.
@@ -162,8 +163,9 @@ class ParquetStore:
             self._open[2].write_table(self._table(self.buffer))
         except Exception as exc:
             self._fail(exc)
-        for result in self.buffer:
+        for result in self.buffer:  # written: only what its record needs stays until the shard closes
             result.release()
+            result.emb = np.empty((0, self.dim), np.float32)
         self.buffer, self.buffered = [], 0
 
     def _close_shard(self) -> list[Result]:
