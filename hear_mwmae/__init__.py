@@ -14,6 +14,10 @@ A fine-tuned model (one with a classifier head) also tags audio:
     hear_mwmae.tag(audio, model, top_k=5)                     # [[("Speech", 0.93), ...], ...]
     model.labels                                              # class names in output order
 
+A Hugging Face `datasets` dataset with an Audio column (decoded here: torchcodec is not needed):
+
+    ds = hear_mwmae.embed_dataset(ds, model, audio_column="audio", mode="scene")  # + an "embedding" column
+
 Sharing a model on the Hugging Face Hub (model.safetensors, config.json, a README.md model card):
 
     hear_mwmae.save_pretrained("runs/ft/model.pt", "my-model/")   # then load_model("my-model/")
@@ -22,9 +26,10 @@ Sharing a model on the Hugging Face Hub (model.safetensors, config.json, a READM
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the functions that need it: `import hear_mwmae.audio` (decoding
+    import torch   # workers of `embed`) stays light
 
 __version__ = "0.1.0"
 
@@ -90,6 +95,18 @@ def push_to_hub(model_or_dir: Any, repo_id: str, **options: Any) -> str:
     return push(model_or_dir, repo_id, **options)
 
 
+def embed_dataset(ds: Any, model: torch.nn.Module, audio_column: str = "audio", mode: str = "scene",
+                  **options: Any) -> Any:
+    """A `datasets.Dataset` with an Audio column -> the same dataset with `embedding` (scene: (D,)
+    float32 per row; mode="timestamp": (steps, D)) and, in timestamp mode, `timestamps` (ms) added.
+    The Audio column's stored bytes or paths are decoded by hear_mwmae (mixed down, resampled to
+    16 kHz), so torchcodec is not needed. Options: batch_size (rows per batch, default 16),
+    max_duration (seconds; longer rows raise). See `hear_mwmae.embed_datasets`."""
+    from .embed_datasets import embed_dataset as embed
+
+    return embed(ds, model, audio_column=audio_column, mode=mode, **options)
+
+
 def _runtime(model: torch.nn.Module):
     from .runtime import MWMAERuntime
 
@@ -147,5 +164,5 @@ def tag(audio: torch.Tensor, model: torch.nn.Module, top_k: int = 5) -> list[lis
     return [[(labels[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)]
 
 
-__all__ = ["get_logits", "get_scene_embeddings", "get_timestamp_embeddings", "load_model", "push_to_hub",
+__all__ = ["embed_dataset", "get_logits", "get_scene_embeddings", "get_timestamp_embeddings", "load_model", "push_to_hub",
            "save_pretrained", "scores", "tag", "__version__"]

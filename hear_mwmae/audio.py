@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import itertools
 import os
 import struct
@@ -272,20 +273,27 @@ def _starts(fh: IO[bytes]) -> str:
 
 
 @contextlib.contextmanager
-def open_audio(path: str | Path, max_duration: float | None = None) -> Iterator[AudioStream]:
-    """Open a file and read its header -> an `AudioStream` (read it inside the `with`).
+def open_audio(source: str | Path | tuple[str, bytes], max_duration: float | None = None) -> Iterator[AudioStream]:
+    """Open a file (or `(name, bytes)`: a file's contents in memory, e.g. a `datasets` Audio
+    value) and read its header -> an `AudioStream` (read it inside the `with`).
 
     Raises `AudioError` (or `UnsupportedAudio`) naming the problem: unreadable, empty, not
     audio, a sample rate / channel count / duration (`max_duration` seconds) out of bounds.
     """
-    path = Path(path)
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:  # permission denied, a symbolic link loop, a folder, ...
-        raise AudioError(f"unreadable: {(exc.strerror or str(exc)).lower()}") from exc
+    if isinstance(source, tuple):
+        name, data = source
+        path, fh = Path(name), io.BytesIO(data)
+    else:
+        path = Path(source)
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:  # permission denied, a symbolic link loop, a folder, ...
+            raise AudioError(f"unreadable: {(exc.strerror or str(exc)).lower()}") from exc
     with fh:
-        if os.fstat(fh.fileno()).st_size == 0:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() == 0:
             raise AudioError("empty file (0 bytes)")
+        fh.seek(0)
         if path.suffix.lower() in PYAV_SUFFIXES:
             yield _pyav_stream(fh, path.suffix, max_duration)
             return
@@ -314,7 +322,7 @@ def mono_blocks(stream: AudioStream, sample_rate: int = SAMPLE_RATE) -> Iterator
         yield tail
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE,
+def read_audio(path: str | Path | tuple[str, bytes], sample_rate: int = SAMPLE_RATE,
                max_duration: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode, check, average the channels, resample. Returns ((n,) float32, facts about the file).
 

@@ -1,9 +1,16 @@
 """`hear-mwmae embed`: audio files -> embedding files, resumable, crash-safe, never stale.
 
     hear-mwmae embed --model mwmae-base-4x16-4l data/ extra.flac --out emb/ [--mode scene|timestamp]
+    hear-mwmae embed --model ... data/ --out emb/ --format parquet --workers 8
+    find /data -name '*.flac' | hear-mwmae embed --model ... --files-from - --out emb/
+    hear-mwmae embed --model ... --hf-dataset DIR_OR_NAME [--split train] --out emb/   (Parquet)
     torchrun --nproc_per_node 4 -m hear_mwmae.cli embed --model ... data/ --out emb/
 
-Inputs are files or folders. Folders are searched recursively for audio: the formats
+Inputs are files or folders (on the command line, and/or one per line in --files-from LIST,
+"-" for stdin), or the rows of a Hugging Face `datasets` dataset with an Audio column
+(--hf-dataset: a folder of `save_to_disk`, a local Parquet folder, or a Hub name; the stored
+bytes or paths are decoded here, torchcodec is not needed; an audiofolder layout needs
+torchcodec inside `datasets`: embed its folder directly). Folders are searched recursively for audio: the formats
 libsndfile reads (wav, flac, ogg/opus, mp3, aiff, ...) and, decoded with PyAV when `av` is
 installed, m4a/mp4, aac, wma, webm, ... Every other entry of a folder is listed in the
 summary and the index with the reason it was not embedded (unsupported extension, hidden,
@@ -16,7 +23,13 @@ Unreadable, empty, truncated (fewer frames than the header promises), non-audio 
 non-finite files are errors, as are sample rates outside 1000-768000 Hz, more than 64
 channels, files longer than --max-duration, and embeddings that come out NaN or Inf.
 
-Outputs mirror each input's absolute path below OUT, extension kept, ".npy" appended, so
+Pipeline: --workers N processes decode and resample (default: one per core, at most 8, when
+there are 8 or more files to decode; 0 = in this process) while the model embeds batches of
+consecutive files (chunks of several files in one pass) and a thread writes the results.
+Outputs are identical whatever the number of workers. Memory stays bounded: at most 2 x N
+decoded files wait, each of at most 5 min of audio (longer ones wait in a temporary file).
+
+--format npy (default): outputs mirror each input's absolute path below OUT, extension kept, ".npy" appended, so
 two inputs never share an output (speech.mp3 / speech.ogg, a/x.wav / b/x.wav) and a file
 always lands in the same place, whatever else is on the command line:
     scene:      OUT/<input path>.npy     float32 (D,)       mean over time
@@ -32,13 +45,21 @@ always lands in the same place, whatever else is on the command line:
 An OUT written by an older hear-mwmae (outputs named <stem>.npy) is renamed to these
 names on its first run.
 
+--format parquet: one row per input in OUT/embeddings/part-*.parquet, at most --shard-rows
+rows a shard: input, input_b64, path (relative to the folder given), duration_s,
+sample_rate, channels, embedding (D float32; timestamp mode: steps x D), timestamps
+(timestamp mode, ms), model, checkpoint_sha256. Read it with
+pandas.read_parquet("OUT/embeddings") or datasets.load_dataset("parquet",
+data_dir="OUT/embeddings"). Resuming, --force and staleness work per input as with .npy; a
+re-embedded input's old row is dropped (hear_mwmae/embed_parquet.py).
+
 Never stale: a result is reused only when its record is "ok" for the same checkpoint
-(sha256 of its bytes, computed once per run), mode and precision, its outputs exist, and
+(sha256 of its bytes, computed once per run), mode, precision and format, its outputs exist, and
 the input is the same file: same size, modification time, status-change time (ctime)
 and inode. --hash-inputs compares size and sha256 instead (each input is read in full
 every run): use it where those attributes cannot be trusted (FAT / exFAT drives, some
 network file systems) or to keep results of a corpus restored or copied in place. An OUT
-made with another checkpoint, mode or precision is refused, naming the difference;
+made with another checkpoint, mode, precision or format is refused, naming the difference;
 --force deletes those outputs and re-embeds with this run's settings. --overwrite
 re-embeds everything. A file whose embedding fails loses its earlier outputs.
 
@@ -70,50 +91,26 @@ import argparse
 import contextlib
 import logging
 import os
-import warnings
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+import sys
+from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import numpy as np
 import torch
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .audio import SAMPLE_RATE
-from .embed_decode import Clip, decode_clip, failure_reason
-from .embed_index import (INDEX_NAME, PENDING, EmbedFolderError, FolderLock, Index, clean_temporary, delete_outputs,
-                          input_facts, merge_parts, outputs_of, part_name, redo_reason, remove_outputs,
-                          settings_conflicts)
+from .embed_decode import default_workers
+from .embed_index import (INDEX_NAME, EmbedFolderError, FolderLock, Index, clean_temporary, delete_outputs, has_outputs,
+                          merge_parts, outputs_of, part_name, remove_outputs, settings_conflicts)
 from .embed_migrate import ensure_layout
-from .embed_plan import Job, Plan, canonical, find_jobs, in_scope, is_gone
-from .embed_stream import Rows, embed_long
+from .embed_parquet import SHARD_ROWS, ParquetStore, compact_shards
+from .embed_pipeline import Summary, embed_share
+from .embed_plan import Plan, canonical, find_jobs, in_scope, is_gone
+from .embed_store import FORMATS, NpyStore, Store
 from .errors import UsageError
-from .out_folder import OutFolder
 from .pretrain.distributed import DistInfo, barrier, gather_objects, init_from_env, shutdown
-from .runtime import LOUD_AUDIO
 from .sources import checkpoint_sha256
 
 log = logging.getLogger(__name__)
-
-WINDOW_FILES = 16  # decode at most this many files before embedding them ...
-WINDOW_SAMPLES = SAMPLE_RATE * 600  # ... or about 10 min of 16 kHz audio, whichever comes first
-
-
-@dataclass
-class Summary:
-    """What a run did: files embedded, reused (already done), failed, not audio and removed (input, reason)."""
-
-    embedded: int = 0
-    reused: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    not_audio: list[tuple[str, str]] = field(default_factory=list)
-    removed: list[tuple[str, str]] = field(default_factory=list)
-
-    def merge(self, other: "Summary") -> "Summary":
-        return Summary(self.embedded + other.embedded, self.reused + other.reused, self.failed + other.failed,
-                       self.not_audio + other.not_audio, self.removed + other.removed)
 
 
 def check_device(name: str | None) -> None:
@@ -124,26 +121,6 @@ def check_device(name: str | None) -> None:
         check(name, f"--device {name}", "--device cpu")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def atomic_save(folder: OutFolder, name: str, array: np.ndarray | Rows) -> None:
-    """`np.save` of `array` as `name` inside the folder, so that a crash never leaves a half-written
-    file; a `Rows` (a long clip's timestamp embeddings) is copied a block of rows at a time."""
-    with folder.atomic_write(name) as fh:
-        if isinstance(array, Rows):
-            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(array.dtype),
-                                                      "fortran_order": False, "shape": array.shape})
-            for block in array.blocks():
-                fh.write(block.tobytes())
-        else:
-            np.save(fh, np.ascontiguousarray(array))
-
-
-def check_finite(emb: np.ndarray | Rows, peak: float) -> None:
-    """Raise ValueError when an embedding holds NaN or Inf (extreme audio overflows the frontend)."""
-    finite = emb.finite if isinstance(emb, Rows) else bool(np.isfinite(emb).all())
-    if not finite:
-        raise ValueError(f"the embedding is not finite (NaN or Inf){f'; the audio peaks at {peak:.3g}' if peak > 1 else ''}")
 
 
 # ----------------------------------------------------------------------------- the folder, before embedding
@@ -171,6 +148,7 @@ def _prepare_folder(out_dir: Path, plan: Plan, settings: dict[str, Any], force: 
                     deleted, len(keys), message)
     removed, gone = _account_removed(index, plan, keep_removed)
     index.compact()
+    compact_shards(index.folder, index.records)  # rows of a killed run's pending records, of removed inputs
     return removed, gone
 
 
@@ -191,64 +169,43 @@ def _account_removed(index: Index, plan: Plan, keep_removed: bool) -> tuple[list
             if not why:
                 continue
         gone.add(key)
-        kept = keep_removed and any(index.folder.is_file(p) for p in outputs_of(record))
+        kept = keep_removed and has_outputs(index.folder, record)
         status = f"removed: {why}" + ("; outputs kept (--keep-removed)" if kept else "")
         if record.get("status") == status:  # accounted for by an earlier run
             continue
         if not kept:
-            delete_outputs(index.out_dir, outputs_of(record))
+            delete_outputs(index.folder, outputs_of(record))
         index.add({"input": key, "output": record.get("output"), "timestamps": record.get("timestamps"),
-                   "status": status})
+                   "status": status, **({"format": record["format"]} if "format" in record else {})})
         removed.append((key, status))
     return removed, gone
 
 
 # ----------------------------------------------------------------------------- embedding
-Decoded = tuple[Job, Clip, dict[str, Any]]
-
-
-def _decoded(jobs: list[tuple[Job, dict[str, Any]]], on_error: Callable[[Job, BaseException, dict[str, Any]], None],
-             spill_dir: Path | None = None, max_duration: float | None = None) -> Iterator[list[Decoded]]:
-    """Yield windows of decoded files (bounded count and samples); report read failures. A clip
-    too long to hold (only with `spill_dir`) comes alone, its samples in a temporary file."""
-    window: list[Decoded] = []
-    samples = 0
-    for job, extra in jobs:
-        clip = decode_clip(job.source, spill_dir, max_duration)
-        if clip.error:
-            on_error(job, ValueError(clip.error.removeprefix("error: ")), extra)
-            continue
-        if clip.spill is not None:
-            yield [(job, clip, {**extra, **clip.info})]
-            continue
-        window.append((job, clip, {**extra, **clip.info}))
-        samples += clip.num_samples
-        if len(window) >= WINDOW_FILES or samples >= WINDOW_SAMPLES:
-            yield window
-            window, samples = [], 0
-    if window:
-        yield window
-
-
-@torch.inference_mode()
-def _embed_group(runtime: torch.nn.Module, clips: list[np.ndarray], mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Equal-length (n,) clips -> per clip (scene (D,) | embeddings (steps, D), timestamps (steps,) | (0,))."""
-    audio = torch.from_numpy(np.stack(clips))  # (B, n)
-    with warnings.catch_warnings():  # embed names the file itself (loud audio); a batch is never "transposed"
-        warnings.filterwarnings("ignore", message=".*(audio peak|transposed)")
-        emb, stamps = runtime.embed(audio, scene_only=mode == "scene")  # (B, [steps,] D), (B, steps | 0)
-    return list(zip(emb.cpu().numpy(), stamps.cpu().numpy()))
-
-
 def _share(value: Any, info: DistInfo) -> Any:
     """Rank 0's `value` on every rank."""
     return gather_objects(value, info)[0]
 
 
+def make_store(format: str, folder: Any, runtime: torch.nn.Module, mode: str, settings: dict[str, Any],
+               shard_rows: int, rank: int) -> Store:
+    """The output store of `--format`."""
+    if format == "npy":
+        return NpyStore(folder)
+    if format == "parquet":
+        try:
+            return ParquetStore(folder, runtime.timestamp_embedding_size, mode, settings, shard_rows, rank)
+        except ImportError:
+            raise UsageError("--format parquet needs pyarrow: pip install pyarrow (or pip install "
+                             "'hear-mwmae[parquet]')") from None
+    raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+
+
 def embed_files(runtime: torch.nn.Module, plan: Plan, out_dir: str | Path, *, settings: dict[str, Any],
                 mode: str = "scene", overwrite: bool = False, force: bool = False, hash_inputs: bool = False,
                 keep_removed: bool = False, progress: bool | None = None, dist_info: DistInfo | None = None,
-                max_duration: float | None = None) -> Summary:
+                max_duration: float | None = None, workers: int | None = 0, format: str = "npy",
+                shard_rows: int = SHARD_ROWS) -> Summary:
     """Embed the jobs of `plan` (from `find_jobs` with the same `mode`) into `out_dir` with an
     `MWMAERuntime`, and record every entry of the plan; see the module docstring.
 
@@ -256,14 +213,17 @@ def embed_files(runtime: torch.nn.Module, plan: Plan, out_dir: str | Path, *, se
     and may give `model`; they are stored in every record. `progress`: None shows a tqdm bar
     only on a terminal. Under torchrun pass `dist_info`: each rank embeds its share of the
     jobs; the returned summary is the whole run's, on every rank. `max_duration`: longer files
-    (seconds) are errors.
+    (seconds) are errors. `workers`: decoding processes (None: `embed_decode.default_workers`).
+    `format`: "npy" or "parquet" (`shard_rows` rows a shard).
     """
     missing = {"checkpoint_sha256", "precision"} - set(settings)
     if missing:
         raise TypeError(f"settings must give {sorted(missing)}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     info = dist_info or DistInfo()
     out_dir = Path(os.path.realpath(out_dir))  # (--out itself may be a link; nothing inside it is followed)
-    settings = {**settings, "mode": mode}
+    settings = {**settings, "mode": mode, "format": format}
     with contextlib.ExitStack() as stack:
         error, removed, gone = None, [], set()
         if info.is_main:
@@ -277,142 +237,28 @@ def embed_files(runtime: torch.nn.Module, plan: Plan, out_dir: str | Path, *, se
         if error:
             raise EmbedFolderError(error)
         barrier(info)
-        summary = _embed_share(runtime, plan.jobs[info.rank::info.world_size], out_dir, settings, mode, overwrite,
-                               hash_inputs, [(i, r) for i, r in plan.failed if i not in gone] if info.is_main else [],
-                               plan.not_audio if info.is_main else [], progress, info, max_duration)
+        index = Index(out_dir, writer=part_name(info.rank) if info.enabled else INDEX_NAME)
+        store = make_store(format, index.folder, runtime, mode, settings, shard_rows, info.rank)
+        jobs = plan.jobs[info.rank::info.world_size]
+        if workers is None:
+            workers = default_workers(len(jobs), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        summary = embed_share(runtime, jobs, index, store, settings, mode=mode, overwrite=overwrite,
+                              hash_inputs=hash_inputs,
+                              problems=[(i, r) for i, r in plan.failed if i not in gone] if info.is_main else [],
+                              not_audio=plan.not_audio if info.is_main else [], progress=progress,
+                              show=info.is_main, workers=workers, max_duration=max_duration)
         summary.removed = removed
         barrier(info)
         parts = gather_objects(summary, info)
         if info.is_main:
-            Index(out_dir).compact()  # index.jsonl + every rank's part, one line per input
+            index = Index(out_dir)
+            index.compact()  # index.jsonl + every rank's part, one line per input
+            compact_shards(index.folder, index.records)  # old rows of re-embedded, failed or removed inputs
         barrier(info)
     total = Summary()
     for part in parts:
         total = total.merge(part)
     return total
-
-
-def _embed_share(runtime: torch.nn.Module, jobs: list[Job], out_dir: Path, settings: dict[str, Any], mode: str,
-                 overwrite: bool, hash_inputs: bool, problems: list[tuple[str, str]],
-                 not_audio: list[tuple[str, str]], progress: bool | None, info: DistInfo,
-                 max_duration: float | None = None) -> Summary:
-    """This rank's part of `embed_files`: reuse what is valid, embed the rest, record everything."""
-    index = Index(out_dir, writer=part_name(info.rank) if info.enabled else INDEX_NAME)
-    folder = index.folder
-    summary = Summary(not_audio=list(not_audio))
-
-    def unusable(item: str, reason: str, record: dict[str, Any]) -> None:
-        """An input that yields no embedding: earlier outputs of it would be stale, so they go."""
-        previous = index.records.get(item)
-        if previous:
-            delete_outputs(out_dir, outputs_of(previous))
-        index.add(record)
-
-    for item, reason in problems:
-        log.error("%s: %s", item, reason)
-        summary.failed.append((item, reason))
-        unusable(item, reason, {"input": item, "output": None, "timestamps": None, "status": reason, **settings})
-    for item, reason in not_audio:
-        unusable(item, reason, {"input": item, "output": None, "timestamps": None, "status": reason})
-
-    bar = tqdm(total=len(jobs), unit="file", desc="embed", disable=(None if progress is None else not progress)
-               if info.is_main else True)
-
-    def record(job: Job, status: str, extra: dict[str, Any], **fields: Any) -> None:
-        index.add({"input": str(job.source), "output": job.output.as_posix(),
-                   "timestamps": job.timestamps.as_posix() if job.timestamps else None,
-                   "status": status, **extra, **fields, **settings})
-
-    def failed(job: Job, exc: BaseException, extra: dict[str, Any]) -> None:
-        reason = failure_reason(exc)
-        log.error("%s: %s", job.source, reason)
-        summary.failed.append((str(job.source), reason))
-        delete_outputs(out_dir, [p.as_posix() for p in job.outputs])  # stale, or half of a pair
-        record(job, reason, extra)
-        bar.update(1)
-
-    todo: list[tuple[Job, dict[str, Any]]] = []
-    redo = Counter()
-    for job in jobs:
-        try:
-            facts = input_facts(job.source, hash_inputs)
-        except OSError as exc:
-            failed(job, exc, {})
-            continue
-        outputs = [p.as_posix() for p in job.outputs]
-        reason = "--overwrite" if overwrite else redo_reason(index.records.get(str(job.source)), outputs, settings,
-                                                            facts, out_dir)
-        if reason is None:
-            summary.reused += 1
-            bar.update(1)
-        else:
-            todo.append((job, {"reason": reason, **facts}))
-            redo[reason.split(":")[0]] += 1
-    if summary.reused:
-        log.info("reusing %d file(s) already embedded with these settings (--overwrite redoes them)", summary.reused)
-    if set(redo) - {"new"}:
-        log.info("re-embedding: %s", ", ".join(f"{n} {why}" for why, n in redo.items() if why != "new"))
-
-    def write(job: Job, clip: Clip, extra: dict[str, Any], emb: np.ndarray | Rows, stamps: np.ndarray) -> None:
-        try:
-            check_finite(emb, clip.peak)
-            record(job, PENDING, {})  # from here on, an output on disk always has a record
-            atomic_save(folder, job.output.as_posix(), emb)
-            if job.timestamps is not None:
-                atomic_save(folder, job.timestamps.as_posix(), stamps)
-        except Exception as exc:
-            failed(job, exc, extra)
-            return
-        finally:
-            if isinstance(emb, Rows):
-                emb.close()
-        summary.embedded += 1
-        steps = {"steps": int(stamps.shape[0])} if mode == "timestamp" else {}
-        record(job, "ok", extra, dim=int(emb.shape[-1]), **steps)
-        bar.update(1)
-
-    def loud(job: Job, clip: Clip, extra: dict[str, Any]) -> dict[str, Any]:
-        if clip.peak > LOUD_AUDIO:
-            log.warning("%s: peak %.3g is far outside [-1, 1]; embedded as it is (is it scaled as int16?)",
-                        job.source, clip.peak)
-            return {**extra, "warning": f"peak {clip.peak:.3g} far outside [-1, 1]"}
-        return extra
-
-    with logging_redirect_tqdm(), bar:
-        for window in _decoded(todo, failed, out_dir, max_duration):
-            groups: dict[int, list[Decoded]] = defaultdict(list)
-            for job, clip, extra in window:
-                extra = loud(job, clip, extra)
-                if clip.spill is not None:  # a long clip: swept from its temporary file in bounded memory
-                    try:
-                        emb, stamps = embed_long(runtime, clip.blocks, clip.num_samples, clip.wave_mean,
-                                                 mode == "scene")
-                    except Exception as exc:
-                        failed(job, exc, extra)
-                        continue
-                    finally:
-                        clip.discard()
-                    write(job, clip, extra, emb, stamps)
-                    continue
-                groups[clip.num_samples].append((job, clip, extra))
-            for group in groups.values():
-                results = None
-                try:
-                    results = _embed_group(runtime, [clip.samples for _, clip, _ in group], mode)
-                except Exception as exc:  # retry one by one so that one bad file cannot sink the others
-                    if len(group) == 1:
-                        failed(group[0][0], exc, group[0][2])
-                        continue
-                    log.warning("a batch of %d files failed (%s); embedding them one by one", len(group), exc)
-                for i, (job, clip, extra) in enumerate(group):
-                    try:
-                        emb, stamps = results[i] if results else _embed_group(runtime, [clip.samples], mode)[0]
-                    except Exception as exc:
-                        failed(job, exc, extra)
-                        continue
-                    write(job, clip, extra, emb, stamps)
-    index.close()
-    return summary
 
 
 # ----------------------------------------------------------------------------- command line
@@ -422,25 +268,44 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from .runtime import PRECISIONS
 
     p = subparsers.add_parser(
-        "embed", help="embed audio files / folders into .npy files (resumable)",
+        "embed", help="embed audio files / folders / a datasets dataset into .npy or Parquet files (resumable)",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files or folders (searched recursively)")
+    p.add_argument("--files-from", metavar="LIST", default=None,
+                   help="also the files / folders named in LIST, one per line ('-': read them from stdin)")
+    p.add_argument("--hf-dataset", metavar="PATH_OR_NAME", default=None,
+                   help="embed the rows of a Hugging Face datasets dataset instead: a save_to_disk folder, a local "
+                        "Parquet folder or a Hub name (writes Parquet; needs pip install datasets)")
+    p.add_argument("--split", default=None, help="with --hf-dataset: the split (default: train, or the only one)")
+    p.add_argument("--audio-column", default="audio", metavar="C",
+                   help="with --hf-dataset: the Audio column (default audio)")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="CKPT",
                    help=f"a released model's name (default {DEFAULT_MODEL}; `hear-mwmae fetch --list`), the bundled "
                         "demo-tiny, .pt / .safetensors, an authors' checkpoint, or hf://owner/repo/file.pt")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--mode", choices=("scene", "timestamp"), default="scene",
-                   help="scene: one (D,) vector per file; timestamp: (steps, D) + .ts.npy times in ms")
+                   help="scene: one (D,) vector per file; timestamp: (steps, D) + times in ms")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="npy (default): a .npy (+ .ts.npy) per file mirroring its path; parquet: rows in "
+                        "OUT/embeddings/*.parquet shards (the default with --hf-dataset)")
+    p.add_argument("--shard-rows", type=_positive_int, default=SHARD_ROWS, metavar="N",
+                   help=f"--format parquet: at most N rows per shard (default {SHARD_ROWS}; a shard also closes at "
+                        "about 1 GiB)")
+    p.add_argument("--workers", type=_count, default=None, metavar="N",
+                   help="processes that decode and resample while the model runs (default: one per core, at most 8, "
+                        "when there are 8 files or more to decode; 0: in this process). Outputs do not depend on it")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available; "
                    "under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                    help="fp32 (default); bf16 / fp16: autocast, fast on GPUs and on CPUs with bf16 units (AMX); "
                         "int8: CPU only, the encoder's linear layers quantised at load. Part of an OUT's settings")
     p.add_argument("--max-chunks-per-batch", type=int, default=None, metavar="N",
-                   help="encoder chunks per pass (bounds memory; default 16 on CPU, 128 on GPU)")
+                   help="encoder chunks per pass (bounds memory; default 16 on CPU, 128 on GPU); a device batch "
+                        "holds up to 4 passes' worth of chunks from consecutive files")
     p.add_argument("--overwrite", action="store_true", help="re-embed every input, even results still valid")
     p.add_argument("--force", action="store_true",
-                   help="use an OUT made with another checkpoint / mode / precision: delete those outputs first")
+                   help="use an OUT made with another checkpoint / mode / precision / format: delete those outputs "
+                        "(inside OUT only) and re-embed")
     p.add_argument("--hash-inputs", action="store_true",
                    help="decide whether an input changed by its size and sha256 (read in full every run) instead "
                         "of its size, times and inode; see 'Never stale' above")
@@ -464,6 +329,26 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be 0 ... 256, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def _model_ref(text: str) -> str:
     from . import registry, sources
 
@@ -484,6 +369,20 @@ def _device_for(device: str | None, info: DistInfo) -> str | None:
     return device
 
 
+def read_files_from(source: str) -> list[str]:
+    """The names in a --files-from LIST ('-': stdin): one per line, blank lines and surrounding
+    whitespace ignored; bytes that are not UTF-8 kept as the OS gives them."""
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as fh:
+                data = fh.read()
+    except OSError as exc:
+        raise UsageError(f"--files-from {source}: {(exc.strerror or str(exc)).lower()}") from None
+    return [os.fsdecode(line.strip()) for line in data.splitlines() if line.strip()]
+
+
 def _report(summary: Summary, out: Path, keep_removed: bool) -> None:
     if summary.not_audio:
         kinds = Counter(reason.removeprefix("skipped: ").split(" (")[0] for _, reason in summary.not_audio)
@@ -500,6 +399,20 @@ def _report(summary: Summary, out: Path, keep_removed: bool) -> None:
              out / INDEX_NAME)
 
 
+def _plan(args: argparse.Namespace, out: Path) -> Plan:
+    """The jobs of the command line: inputs and --files-from, or the rows of --hf-dataset."""
+    if args.hf_dataset is not None:
+        if args.inputs or args.files_from:
+            raise UsageError("--hf-dataset embeds a dataset: give no INPUT files or --files-from with it")
+        from .embed_datasets import dataset_plan
+
+        return dataset_plan(args.hf_dataset, args.split, args.audio_column, args.mode)
+    inputs = list(args.inputs) + (read_files_from(args.files_from) if args.files_from else [])
+    if not inputs:
+        raise UsageError("nothing to embed: give INPUT files or folders, --files-from LIST or --hf-dataset")
+    return find_jobs(inputs, args.mode, exclude=[out])
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `hear-mwmae embed` (also under torchrun); see the module docstring for exit codes.
     Problems of the model, the arguments or OUT raise (`cli.main` makes them one line, exit 2)."""
@@ -507,6 +420,9 @@ def run(args: argparse.Namespace) -> int:
 
     info = DistInfo()
     check_device(args.device)
+    fmt = args.format or ("parquet" if args.hf_dataset is not None else "npy")
+    if args.hf_dataset is not None and fmt != "parquet":
+        raise UsageError("--hf-dataset writes Parquet: leave out --format npy")
     info = init_from_env(args.device)
     try:
         device = _device_for(args.device, info)
@@ -522,12 +438,13 @@ def run(args: argparse.Namespace) -> int:
         if errors:
             raise UsageError(errors[0])
         out = Path(args.out)
-        plan = find_jobs(args.inputs, args.mode, exclude=[out])
+        plan = _plan(args, out)
         summary = embed_files(runtime, plan, out, mode=args.mode, overwrite=args.overwrite, force=args.force,
                               hash_inputs=args.hash_inputs, keep_removed=args.keep_removed,
                               settings={"model": model, "checkpoint_sha256": sha, "precision": args.precision},
                               progress=False if args.no_progress else None, dist_info=info,
-                              max_duration=args.max_duration)
+                              max_duration=args.max_duration, workers=args.workers, format=fmt,
+                              shard_rows=args.shard_rows)
         if info.is_main:
             _report(summary, out, args.keep_removed)
         return 1 if summary.failed else 0

@@ -44,7 +44,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 from .files import sha256_file
 from .out_folder import LinkError, OutFolder, OutsideError, check_name
@@ -57,16 +57,19 @@ LOCK_NAME = ".embed.lock"
 LAYOUT_NAME = "embed.json"
 LAYOUT = {"format": "hear-mwmae-embed", "layout": 2,
           "outputs": "OUT/<the input's absolute path>.npy (+ .ts.npy); see hear_mwmae/embed_plan.py"}
-SETTINGS = ("checkpoint_sha256", "mode", "precision")  # a folder holds results of one setting only
+SETTINGS = ("checkpoint_sha256", "mode", "precision", "format")  # a folder holds results of one setting only
+DEFAULTS = {"format": "npy"}  # what a record written before the setting existed had
 PATH_FIELDS = ("input", "output", "timestamps")
 PENDING = "pending: outputs being written (a run stopped here; redone next time)"
 DAMAGED = "error: damaged index record (repaired): "
+KEPT = "; outputs kept (--keep-removed)"  # the end of a "removed: ..." status whose outputs stay
 _TEMPORARY = re.compile(r"\A\..+\.[a-z0-9_]{8}\.tmp\Z")  # atomic writes' and decoders', left by a killed run
 _PART = re.compile(r"\Aindex\.part-\d+\.jsonl\Z")
 # fields a record may hold, by type (anything else in them is damage)
 _TYPES: dict[str, type] = {"status": str, "reason": str, "model": str, "checkpoint_sha256": str, "mode": str,
                            "precision": str, "format": str, "input_size": int, "input_mtime_ns": int,
-                           "input_ctime_ns": int, "input_inode": int, "input_sha256": str, "steps": int, "dim": int}
+                           "input_ctime_ns": int, "input_inode": int, "input_sha256": str, "steps": int, "dim": int,
+                           "input_fingerprint": str}
 _MAX_WARNINGS = 5  # damaged lines reported one by one per file; the rest are counted
 
 
@@ -257,8 +260,30 @@ def merge_parts(out_dir: str | Path) -> int:
 
 
 # ----------------------------------------------------------------------------- outputs on disk
+def setting(record: dict[str, Any], name: str) -> Any:
+    return record.get(name, DEFAULTS.get(name))
+
+
 def outputs_of(record: dict[str, Any]) -> list[str]:
+    """The files that belong to a record alone (deleted with it): its `.npy` pair. A Parquet
+    record's output is a shard shared with other rows: its row goes at compaction instead."""
+    if setting(record, "format") == "parquet":
+        return []
     return [p for p in (record.get("output"), record.get("timestamps")) if p]
+
+
+def keeps_outputs(record: dict[str, Any]) -> bool:
+    """Whether the outputs a record names are current: "ok", or removed with outputs kept."""
+    status = str(record.get("status"))
+    return status == "ok" or (status.startswith("removed: ") and status.endswith(KEPT))
+
+
+def has_outputs(folder: OutFolder, record: dict[str, Any]) -> bool:
+    """Whether a record's outputs are there (a Parquet record: its shard, if its row is current)."""
+    if setting(record, "format") == "parquet":
+        output = record.get("output")
+        return keeps_outputs(record) and isinstance(output, str) and folder.is_file(output)
+    return any(folder.is_file(p) for p in outputs_of(record))
 
 
 def delete_outputs(out_dir: Path | OutFolder, rels: Iterable[str]) -> int:
@@ -297,7 +322,7 @@ def settings_conflicts(index: Index, settings: dict[str, Any]) -> tuple[str, lis
     other: dict[tuple, list[str]] = {}
     for k, r in index.records.items():
         if _holds_outputs(r) and r.get("checkpoint_sha256") is not None:
-            made = tuple(r.get(s) for s in SETTINGS)
+            made = tuple(setting(r, s) for s in SETTINGS)
             if made != tuple(settings[s] for s in SETTINGS):
                 other.setdefault(made, []).append(k)
     if not other:
@@ -318,8 +343,8 @@ def remove_outputs(index: Index, keys: list[str], settings: dict[str, Any]) -> i
     for k in keys:
         r = index.records[k]
         removed += delete_outputs(index.out_dir, outputs_of(r))
-        diff = ", ".join(f"{s} {_short(r.get(s))} -> {_short(settings[s])}" for s in SETTINGS
-                         if r.get(s) != settings[s])
+        diff = ", ".join(f"{s} {_short(setting(r, s))} -> {_short(settings[s])}" for s in SETTINGS
+                         if setting(r, s) != settings[s])
         index.add({"input": k, "output": r.get("output"), "timestamps": r.get("timestamps"),
                    "status": f"removed: made with other settings (--force): {diff}"})
     return removed
@@ -337,9 +362,10 @@ def input_facts(path: Path, hash_inputs: bool) -> dict[str, Any]:
     return facts
 
 
-def redo_reason(record: dict[str, Any] | None, outputs: list[str], settings: dict[str, Any],
-                facts: dict[str, Any], out_dir: Path) -> str | None:
-    """Why a file must be (re)embedded, or None when its recorded result is still valid."""
+def redo_reason(record: dict[str, Any] | None, settings: dict[str, Any], facts: dict[str, Any],
+                missing: Callable[[dict[str, Any]], str | None]) -> str | None:
+    """Why a file must be (re)embedded, or None when its recorded result is still valid.
+    `missing(record)` (the output store's) says why its outputs are not usable."""
     if record is None:
         return "new"
     status = str(record.get("status"))
@@ -353,15 +379,15 @@ def redo_reason(record: dict[str, Any] | None, outputs: list[str], settings: dic
         return "previous attempt failed"
     if record.get("checkpoint_sha256") is None:
         return "recorded without a checkpoint sha256 (older hear-mwmae)"
-    changed = [f"{s} {_short(record.get(s))} -> {_short(settings[s])}"
-               for s in SETTINGS if record.get(s) != settings[s]]
+    changed = [f"{s} {_short(setting(record, s))} -> {_short(settings[s])}"
+               for s in SETTINGS if setting(record, s) != settings[s]]
     if changed:
         return "settings changed: " + ", ".join(changed)
-    if [record.get("output"), record.get("timestamps")] != (list(outputs) + [None])[:2]:
-        return "recorded under other output names"
-    folder = OutFolder(out_dir)
-    if not all(folder.is_file(p) for p in outputs):
-        return "output missing"
+    problem = missing(record)
+    if problem:
+        return problem
+    if "input_fingerprint" in facts:  # a row of a dataset: the sha256 of its audio bytes, or its file's facts
+        return None if record.get("input_fingerprint") == facts["input_fingerprint"] else "input changed"
     if record.get("input_size") != facts["input_size"]:
         return f"input changed: size {record.get('input_size')} -> {facts['input_size']} bytes"
     if "input_sha256" in facts:
@@ -400,6 +426,7 @@ class FolderLock:
         self.lock.close()
 
 
-__all__ = ["DAMAGED", "INDEX_NAME", "LAYOUT", "LAYOUT_NAME", "LOCK_NAME", "PENDING", "SETTINGS", "EmbedFolderError", "FolderLock",
-           "Index", "clean_temporary", "delete_outputs", "from_json", "input_facts", "merge_parts", "outputs_of",
+__all__ = ["DAMAGED", "KEPT", "INDEX_NAME", "LAYOUT", "LAYOUT_NAME", "LOCK_NAME", "PENDING", "SETTINGS", "EmbedFolderError", "FolderLock",
+           "Index", "clean_temporary", "delete_outputs", "from_json", "has_outputs", "input_facts", "keeps_outputs",
+           "merge_parts", "outputs_of", "setting",
            "part_name", "part_names", "read_lines", "repaired", "redo_reason", "remove_outputs", "settings_conflicts", "to_json"]

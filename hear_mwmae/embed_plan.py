@@ -44,11 +44,13 @@ _NPY_LIKE = re.compile(r"\.npy_*\Z")  # a folder name that would be another file
 
 @dataclass(frozen=True)
 class Job:
-    """One input file (canonical path) and its outputs (paths relative to the output folder)."""
+    """One input file (canonical path), its outputs (paths relative to the output folder) and its
+    path relative to the folder it was found in (a file named directly: its name)."""
 
     source: Path
     output: PurePosixPath
     timestamps: PurePosixPath | None
+    relative: str | None = field(default=None, compare=False)
 
     @property
     def outputs(self) -> list[PurePosixPath]:
@@ -95,6 +97,7 @@ def output_names(source: Path, mode: str) -> tuple[PurePosixPath, PurePosixPath 
 def _scan(root: Path, exclude: set[Path], plan: Plan, add: "_Adder") -> int:
     """Put every entry under `root` into the plan; returns the number of audio files found."""
     found = 0
+    top = os.path.realpath(root)
 
     def unlistable(exc: OSError) -> None:
         where = canonical(exc.filename) if exc.filename else root
@@ -128,7 +131,7 @@ def _scan(root: Path, exclude: set[Path], plan: Plan, add: "_Adder") -> int:
                 else:
                     add.failed(path, f"error: unreadable: {describe_missing(path)}")
             elif suffix in AUDIO_SUFFIXES:
-                add.job(path)
+                add.job(path, os.path.relpath(path, top))
                 found += 1
             else:
                 what = f"extension {suffix!r}" if suffix else "no extension"
@@ -148,8 +151,8 @@ class _Adder:
         if key not in self.entries or self.entries[key][0] < rank:
             self.entries[key] = (rank, entry)
 
-    def job(self, path: Path) -> None:
-        self._put(path, 2, Job(path, *output_names(path, self.mode)))
+    def job(self, path: Path, relative: str | None = None) -> None:
+        self._put(path, 2, Job(path, *output_names(path, self.mode), relative=relative or path.name))
 
     def failed(self, path: Path, reason: str) -> None:
         self._put(path, 1, ("failed", reason))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import sys
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 OUT_SUFFIXES = (".jsonl", ".csv")
+WINDOW_FILES = 16  # files decoded, then tagged in groups of equal length
 
 
 def _top(scores: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
@@ -99,7 +101,8 @@ class Writer:
 def run(args: argparse.Namespace) -> int:
     from . import load_model
     from .checkpoint import NO_HEAD
-    from .embed import _decoded, find_jobs
+    from .embed_decode import Decoder
+    from .embed_plan import find_jobs
     from .labels import LabelError, read_labels, relabel
 
     if args.top_k < 1:
@@ -143,11 +146,20 @@ def run(args: argparse.Namespace) -> int:
             writer.write({"input": str(job.source), "status": reason})
             bar.update(1)
 
-        with bar:
-            for window in _decoded([(job, {}) for job in plan.jobs], on_error):
+        with bar, Decoder(0) as decoder:  # embed's decoder; no temporary files: every clip is in memory
+            window: list = []
+            for job, clip in itertools.chain(decoder.map(plan.jobs, lambda job: job.source), [(None, None)]):
+                if clip is not None and clip.error:
+                    on_error(job, ValueError(clip.error.removeprefix("error: ")), {})
+                    continue
+                if clip is not None:
+                    window.append((job, clip.samples, clip.info))
+                if len(window) < WINDOW_FILES and clip is not None:
+                    continue
                 groups: dict[int, list] = defaultdict(list)
-                for job, clip, facts in window:  # (no spill folder: every clip is in memory)
-                    groups[clip.num_samples].append((job, clip.samples, facts))
+                for item in window:
+                    groups[len(item[1])].append(item)
+                window = []
                 for group in groups.values():
                     try:
                         results = tag_group(runtime, [audio for _, audio, _ in group], args.top_k, args.per_chunk)

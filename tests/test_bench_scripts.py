@@ -154,3 +154,21 @@ def test_long_file_bench_reports_both_peaks_and_the_difference(tmp_path):
     assert data["embed"]["peak_rss_mib"] > 100 and data["whole"]["peak_rss_mib"] > 100
     assert data["difference"]["max_abs"] == 0.0  # 12 s: held in memory, the same path
     assert "peak RSS" in out
+
+
+def test_embed_bench_reports_decode_model_embed_and_file_counts(tmp_path):
+    out = run("embed_bench.py", "--files", "2", "--seconds", "1", "--workers", "0,1", "--precisions", "fp32",
+              "--rounds", "1", "--count-clips", "5", "--json", str(tmp_path / "e.json"), cwd=tmp_path)
+    data = json.loads((tmp_path / "e.json").read_text())
+    rows = data["speeds"]["rows"]
+    assert [(r["precision"], r["workers"]) for r in rows] == [("fp32", 0), ("fp32", 1)]
+    for r in rows:
+        assert r["decode_audio_s_per_s"] > 0 and r["model_audio_s_per_s"] > 0 and r["embed_audio_s_per_s"] > 0
+        bound = min(r["decode_audio_s_per_s"], r["model_audio_s_per_s"])
+        assert r["fraction_of_bound"] == pytest.approx(r["embed_audio_s_per_s"] / bound)
+    assert rows[0]["vs_workers_0"] == 1.0 and data["speeds"]["worker_start_s"] > 0
+    counts = {c["format"]: c for c in data["corpus"]}
+    # npy: a file per clip + index.jsonl, embed.json, .embed.lock; parquet: one shard + the same three
+    assert counts["npy"]["files_in_out"] == 5 + 3 and counts["parquet"]["files_in_out"] == 1 + 3
+    assert counts["npy"]["peak_rss_mib"] > 50 and counts["parquet"]["peak_rss_mib"] > 50
+    assert "embed / min(decode, model)" in out and "| parquet | 5 |" in out

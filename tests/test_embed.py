@@ -18,7 +18,7 @@ import torch
 import hear_mwmae
 from hear_mwmae import audio as audio_mod
 from hear_mwmae import cli as package_cli
-from hear_mwmae import embed
+from hear_mwmae import embed, embed_store
 from hear_mwmae.audio import read_audio, resample
 from hear_mwmae.embed_plan import canonical, output_names
 from hear_mwmae.checkpoint import save_checkpoint
@@ -345,7 +345,7 @@ def test_containers_libsndfile_cannot_read_need_pyav(tmp_path, checkpoint, runti
                                rtol=1e-4, atol=1e-5)
     monkeypatch.setattr(audio_mod, "pyav_available", lambda: False)  # as on a machine without `av`
     shutil.rmtree(out)
-    assert cli("--model", checkpoint, tmp_path / "in", "--out", out) == 1
+    assert cli("--model", checkpoint, tmp_path / "in", "--out", out, "--workers", "0") == 1  # (the patch: here)
     status = read_index(out)["a.m4a"]["status"]
     assert status.startswith("error: unsupported format .m4a") and "pip install av" in status
 
@@ -355,7 +355,7 @@ def test_a_folder_of_only_unsupported_files_is_not_a_silent_success(tmp_path, ch
     (tmp_path / "in").mkdir()
     for name in ("a.m4a", "b.aac"):
         (tmp_path / "in" / name).write_bytes(b"\0\0\0\x18ftypM4A " + bytes(100))
-    assert cli("--model", checkpoint, tmp_path / "in", "--out", tmp_path / "out") == 1
+    assert cli("--model", checkpoint, tmp_path / "in", "--out", tmp_path / "out", "--workers", "0") == 1
     assert all("pip install av" in r["status"] for r in read_index(tmp_path / "out").values())
 
 
@@ -416,7 +416,7 @@ def test_a_failed_write_leaves_no_partial_output(tmp_path, checkpoint, monkeypat
         fh.write(b"\x93NUMPY half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(embed.np, "save", broken_save)
+    monkeypatch.setattr(embed_store.np, "save", broken_save)
     assert cli("--model", checkpoint, tmp_path / "a.wav", "--out", tmp_path / "out") == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".embed.lock", "embed.json", "index.jsonl"]
     assert "disk full" in read_index(tmp_path / "out")["a.wav"]["status"]

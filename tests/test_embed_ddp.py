@@ -1,5 +1,6 @@
-"""`hear-mwmae embed` under torchrun: two gloo processes on the CPU give the outputs and the index
-of one process, and a run killed before merging resumes from its index parts."""
+"""`hear-mwmae embed` under torchrun: two gloo processes on the CPU, each with a decoding worker,
+give the outputs and the index of one process (as .npy and as Parquet), and a run killed before
+merging resumes from its index parts."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path, tiny_checkpoi
     assert args.func(args) == 1  # bad.wav failed
 
     ddp = tmp_path / "ddp"
-    done = torchrun(*parser_args, "--out", str(ddp))
+    done = torchrun(*parser_args, "--out", str(ddp), "--workers", "1")
     assert done.returncode != 0, done.stderr[-3000:]  # exit code 1 (bad.wav) on both ranks
     assert "embedded 5, reused 0 (already done), failed 1, not audio 1" in done.stderr, done.stderr[-3000:]
     assert not list(ddp.glob("index.part-*"))
@@ -73,9 +74,26 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path, tiny_checkpoi
     (ddp / "index.part-00001.jsonl").write_text("\n".join(lines[4:]) + "\n")
     lost = output_names(canonical(src / "d0" / "c0.wav"), "scene")[0].as_posix()
     (ddp / lost).unlink()
-    again = torchrun(*parser_args, "--out", str(ddp))
+    again = torchrun(*parser_args, "--out", str(ddp), "--workers", "1")
     assert "embedded 1, reused 4 (already done), failed 1, not audio 1" in again.stderr, again.stderr[-3000:]
     assert not list(ddp.glob("index.part-*"))
     assert records(ddp)[lost]["reason"] == "output missing"
     assert {k: {f: v for f, v in r.items() if f != "reason"} for k, r in records(ddp).items()} == \
         {k: {f: v for f, v in r.items() if f != "reason"} for k, r in one.items()}
+
+    # Parquet from two ranks with workers: one row per input, equal to the single process's arrays
+    import pyarrow.parquet as pq
+
+    shards = tmp_path / "shards"
+    done = torchrun(*parser_args, "--out", str(shards), "--workers", "1", "--format", "parquet", "--shard-rows", "2")
+    assert "embedded 5, reused 0 (already done), failed 1, not audio 1" in done.stderr, done.stderr[-3000:]
+    table = pq.read_table(shards / "embeddings").to_pylist()
+    assert sorted(r["input"] for r in table) == sorted(r["input"] for r in one.values() if r["status"] == "ok")
+    by_input = {r["input"]: r for r in one.values()}
+    for row in table:
+        single_npy = single / by_input[row["input"]]["output"]
+        np.testing.assert_allclose(np.asarray(row["embedding"], np.float32), np.load(single_npy), rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(row["timestamps"], np.float32),
+                                      np.load(str(single_npy).replace(".npy", ".ts.npy")))
+    parquet_records = records(shards)
+    assert {r["status"] for r in parquet_records.values() if r["output"]} == {"ok"}

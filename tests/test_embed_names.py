@@ -15,7 +15,7 @@ import torch
 
 import hear_mwmae
 from hear_mwmae import cli as package_cli
-from hear_mwmae import embed
+from hear_mwmae import embed, embed_store
 from hear_mwmae.embed_index import INDEX_NAME, LAYOUT_NAME, from_json, to_json
 from hear_mwmae.embed_plan import canonical, find_jobs, output_names
 from hear_mwmae.files import sha256_file
@@ -217,7 +217,7 @@ def test_a_run_stopped_while_writing_leaves_a_pending_record_and_is_finished_nex
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(3):
         write(src / f"f{i}.wav", tone(0.5, i))
-    real_save, calls = embed.atomic_save, []
+    real_save, calls = embed_store.save_npy, []
 
     def killed_on_the_second(folder, name, array):
         calls.append(name)
@@ -225,9 +225,9 @@ def test_a_run_stopped_while_writing_leaves_a_pending_record_and_is_finished_nex
             raise KeyboardInterrupt  # as kill would, between two files
         real_save(folder, name, array)
 
-    monkeypatch.setattr(embed, "atomic_save", killed_on_the_second)
+    monkeypatch.setattr(embed_store, "save_npy", killed_on_the_second)
     assert cli("--model", tiny_checkpoint, src, "--out", out) == 130
-    monkeypatch.setattr(embed, "atomic_save", real_save)
+    monkeypatch.setattr(embed_store, "save_npy", real_save)
     lines = [from_json(line) for line in (out / INDEX_NAME).read_text().splitlines()]
     assert [r["status"].split(":")[0] for r in lines] == ["pending", "ok", "pending"]
     leftover = out_file(out, src / "f1.wav").with_name(".f1.wav.npy.abcd1234.tmp")
@@ -329,7 +329,7 @@ def test_an_unreadable_input_says_permission_denied(tmp_path, tiny_checkpoint, m
 
         monkeypatch.setattr(audio_mod, "open", denied, raising=False)
     out = tmp_path / "out"
-    assert cli("--model", tiny_checkpoint, tmp_path / "in", "--out", out) == 1
+    assert cli("--model", tiny_checkpoint, tmp_path / "in", "--out", out, "--workers", "0") == 1
     index = records(out)
     assert index[locked]["status"] == "error: unreadable: permission denied"
     assert index[str(canonical(tmp_path / "in" / "fine.wav"))]["status"] == "ok"

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
 import hear_mwmae
-from hear_mwmae import embed
+from hear_mwmae import embed, embed_store
 from hear_mwmae.audio import AUDIO_SUFFIXES, read_audio
 from hear_mwmae.checkpoint import save_checkpoint
 from hear_mwmae.embed_index import INDEX_NAME, EmbedFolderError, Index, from_json
@@ -241,7 +241,7 @@ class EmbedMachine(RuleBasedStateMachine):
     def killed_run(self, after: int, half_a_line: bool) -> None:
         """A run killed at its `after`-th output write: what `kill -9` leaves (a temporary file, maybe
         half an index line) stays behind."""
-        real, calls = embed.atomic_save, []
+        real, calls = embed_store.save_npy, []
 
         def dies(folder, name: str, array: np.ndarray) -> None:
             path = folder.path(name)
@@ -252,7 +252,7 @@ class EmbedMachine(RuleBasedStateMachine):
                 raise Killed
             real(folder, name, array)
 
-        embed.atomic_save = dies
+        embed_store.save_npy = dies
         try:
             self._run(force=True, keep=False, hash_inputs=False, name_one=False)
         except Killed:
@@ -261,7 +261,7 @@ class EmbedMachine(RuleBasedStateMachine):
                 with open(self.out / INDEX_NAME, "a", encoding="utf-8") as fh:
                     fh.write('{"input": "/half a li')
         finally:
-            embed.atomic_save = real
+            embed_store.save_npy = real
         self._check_outputs_have_records()
 
     # ------------------------------------------------------------------------- invariants
