@@ -1,5 +1,5 @@
-"""Where the time of `hear-mwmae embed` goes: decoding, the model, and the pipeline that overlaps them
-(issue 15), and what a large corpus costs in memory and in files.
+"""Where the time of `hear-mwmae embed` goes: decoding, the model, and the pipeline that overlaps them,
+and what a large corpus costs in memory and in files.
 
     PYTHONPATH=. python benchmarks/embed_bench.py --files 40 --seconds 30 --workers 0,1,2 \
         --precisions fp32,int8 --rounds 2 --count-clips 10000 --json embed_bench.json

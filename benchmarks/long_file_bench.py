@@ -1,5 +1,5 @@
 """Peak memory of `hear-mwmae embed` on one long file, against the whole-clip path, and how close
-their embeddings are (issue 19: audio decoded and embedded in blocks).
+their embeddings are (audio decoded and embedded in blocks).
 
     PYTHONPATH=. python benchmarks/long_file_bench.py --minutes 120 --model demo-tiny
 

@@ -23,8 +23,9 @@ Unreadable, empty, truncated (fewer frames than the header promises), non-audio 
 non-finite files are errors, as are sample rates outside 1000-768000 Hz, more than 64
 channels, files longer than --max-duration, and embeddings that come out NaN or Inf.
 
-Pipeline: --workers N processes decode and resample (default: one per core, at most 8, when
-there are 8 or more files to decode; 0 = in this process) while the model embeds batches of
+Pipeline: --workers N processes decode and resample (default, for 8 files or more: with the
+model on a GPU one per core, at most 8; on the CPU a quarter of the cores, since the model
+needs them more; 0 = in this process) while the model embeds batches of
 consecutive files (chunks of several files in one pass) and a thread writes the results.
 Outputs are identical whatever the number of workers. Memory stays bounded: at most 2 x N
 decoded files wait, each of at most 5 min of audio (longer ones wait in a temporary file).
@@ -241,7 +242,8 @@ def embed_files(runtime: torch.nn.Module, plan: Plan, out_dir: str | Path, *, se
         store = make_store(format, index.folder, runtime, mode, settings, shard_rows, info.rank)
         jobs = plan.jobs[info.rank::info.world_size]
         if workers is None:
-            workers = default_workers(len(jobs), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+            on_cpu = next(runtime.parameters()).device.type == "cpu"
+            workers = default_workers(len(jobs), int(os.environ.get("LOCAL_WORLD_SIZE", "1")), on_cpu)
         summary = embed_share(runtime, jobs, index, store, settings, mode=mode, overwrite=overwrite,
                               hash_inputs=hash_inputs,
                               problems=[(i, r) for i, r in plan.failed if i not in gone] if info.is_main else [],
@@ -292,8 +294,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"--format parquet: at most N rows per shard (default {SHARD_ROWS}; a shard also closes at "
                         "about 1 GiB)")
     p.add_argument("--workers", type=_count, default=None, metavar="N",
-                   help="processes that decode and resample while the model runs (default: one per core, at most 8, "
-                        "when there are 8 files or more to decode; 0: in this process). Outputs do not depend on it")
+                   help="processes that decode and resample while the model runs (default, for 8 files or more: one per "
+                        "core up to 8 with the model on a GPU, a quarter of the cores with it on the CPU; 0: in this "
+                        "process). Outputs do not depend on it")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available; "
                    "under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",

@@ -22,7 +22,7 @@ import hear_mwmae
 from hear_mwmae import cli as package_cli
 from hear_mwmae.audio import read_audio
 from hear_mwmae.checkpoint import save_checkpoint
-from hear_mwmae.embed_decode import CRASHED, Decoder
+from hear_mwmae.embed_decode import CRASHED, Decoder, default_workers
 from hear_mwmae.embed_index import Index
 from hear_mwmae.embed_plan import canonical, output_names
 from hear_mwmae.files import sha256_file
@@ -91,6 +91,20 @@ def test_workers_give_the_outputs_and_the_index_of_the_in_process_path(tmp_path,
         for record in reference.values():
             for name in filter(None, (record["output"], record["timestamps"])):
                 assert np.array_equal(np.load(runs[workers] / name), np.load(runs[0] / name)), name  # bit for bit
+
+
+@pytest.mark.parametrize("cores,ranks,files,on_cpu,expected", [
+    (2, 1, 100, True, 0),     # the model needs both cores more than decoding does
+    (16, 1, 100, True, 4),
+    (64, 1, 100, True, 8),
+    (2, 1, 100, False, 2),    # model on a GPU: one decoder per core
+    (16, 2, 100, False, 8),
+    (16, 4, 100, False, 4),   # the cores are shared by the ranks on the machine
+    (64, 1, 7, False, 0),     # too few files to pay for starting processes
+])
+def test_default_workers_by_device_cores_and_ranks(monkeypatch, cores, ranks, files, on_cpu, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_workers(files, ranks, on_cpu) == expected
 
 
 def test_a_decoder_process_that_dies_costs_only_the_file_it_was_decoding(tmp_path):
