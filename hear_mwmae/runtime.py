@@ -72,9 +72,10 @@ def chunk_index(num_frames: int, chunk_frames: int) -> torch.Tensor:
 
 
 def _cpu_has_bf16_units() -> bool:
-    """Whether oneDNN finds native bf16 matrix support (AVX-512-BF16 / AMX) on this CPU."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else True  # unknown: do not warn
+    """Whether oneDNN may use native bf16 units (AVX-512-BF16 / AMX) on this CPU."""
+    from .cpu_fused import cpu_flags, native_bf16
+
+    return native_bf16() or not cpu_flags()  # flags unknown (not Linux): do not warn
 
 
 LOAD_OPTIONS = ("compile", "device", "max_chunks_per_batch", "precision", "sha256")
@@ -166,12 +167,14 @@ def validate_audio(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
 class MWMAERuntime(nn.Module):
     """The nn.Module HEAR hands around: frontend + frozen encoder + batching policy (either family).
 
-    precision: "fp32"; "bf16" / "fp16" (autocast); "int8" (CPU only: the blocks' linear
-    layers quantised once, here, by `quantize.quantize_encoder`; raises `Int8Unavailable`
-    where no fast int8 kernels exist). compile: run the encoder through `torch.compile`
-    (compiled on the first call of each new micro-batch shape family; batch size is dynamic).
-    fuse: fp32 on the CPU, the blocks' linear layers as oneDNN products with bias and GELU
-    fused (`cpu_fused.py`; None = wherever available and not compiling).
+    precision: "fp32"; "bf16" / "fp16" (autocast, except fused bf16 on the CPU); "int8" (CPU
+    only: the blocks' linear layers quantised once, here, by `quantize.quantize_encoder`, the
+    encoder run one chunk at a time so that results do not depend on the micro-batch; raises
+    `Int8Unavailable` where no fast int8 kernels exist). compile: run the encoder through
+    `torch.compile` (compiled on the first call of each new micro-batch shape family; batch
+    size is dynamic). fuse: fp32 / bf16 on the CPU, the blocks' linear layers as oneDNN
+    products with bias and GELU fused, bf16 weights converted once (`cpu_fused.py`; None =
+    wherever available and not compiling).
     """
 
     sample_rate: int = 16000
@@ -208,23 +211,28 @@ class MWMAERuntime(nn.Module):
             quantize_encoder(self.encoder)  # once, here: the float weights of those layers are dropped
         from . import cpu_fused
 
-        can_fuse = precision == "fp32" and device.type == "cpu" and cpu_fused.available()
+        can_fuse = (precision in ("fp32", "bf16") and device.type == "cpu"
+                    and cpu_fused.available(PRECISIONS[precision]))
         if fuse and not can_fuse:
-            raise ValueError("fuse=True needs precision='fp32' on a CPU with oneDNN")
+            raise ValueError("fuse=True needs precision='fp32' or 'bf16' on a CPU with oneDNN")
         self.fused = bool(can_fuse and not compile if fuse is None else fuse)
         if self.fused:
-            cpu_fused.fuse_encoder(self.encoder)  # once, here
+            cpu_fused.fuse_encoder(self.encoder, PRECISIONS[precision])  # once, here
         self.compiled = bool(compile)
         self._features = self.encoder.forward_features
         if self.compiled:
             self._features = torch.compile(self.encoder.forward_features)
+        if precision == "int8":
+            from .quantize import chunk_by_chunk
+
+            self._features = chunk_by_chunk(self._features)  # a chunk's result never depends on the micro-batch
 
     @property
     def device(self) -> torch.device:
         return self.encoder.pos_embed.device
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision not in AUTOCAST:
+        if self.precision not in AUTOCAST or self.fused:  # fused bf16: the layers hold bf16 weights
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AUTOCAST[self.precision])
 
