@@ -119,6 +119,7 @@ class Int8Linear(nn.Module):
             self._packed = torch.ops.onednn.qlinear_prepack(qweight, None)
             self._w_scale, self._w_zero = scale, torch.zeros(self.out_features, dtype=torch.long)
             self._bias = bias
+            self._offset = torch.full((1,), 128.5)
         else:
             with warnings.catch_warnings():  # quantized tensors are deprecated in torch 2.13; FBGEMM's kernels are not
                 warnings.simplefilter("ignore")
@@ -139,19 +140,18 @@ class Int8Linear(nn.Module):
         """One sample: one input scale. x (..., in) -> (..., out)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != torch.float32:
-            x2 = x2.float()
         if self.engine == "fbgemm":
-            y = torch.ops.quantized.linear_dynamic(x2, self._packed, self.reduce_range)
+            y = torch.ops.quantized.linear_dynamic(x2.float(), self._packed, self.reduce_range)
             if self.act != "none":
                 y = F.gelu(y, approximate="tanh" if self.act == "gelu-tanh" else "none")
             return y.to(self.out_dtype).reshape(*lead, self.out_features)
         lo, hi = torch.aminmax(x2)
         top = max(float(hi), -float(lo))
         scale = top / 127.0 if top > 0 else 1.0
-        # uint8 = round(x / scale) + 128 in [1, 255] (truncating x / scale + 128.5 > 0). oneDNN's AVX-512
-        # VNNI kernels take unsigned inputs only (signed ones fall to its reference code, ~1000x slower)
-        q = torch.mul(x2, 1.0 / scale).add_(128.5).to(torch.uint8)
+        # uint8 = round(x / scale) + 128 in [1, 255]: x / scale + 128.5 > 0, truncated; in float32 also for
+        # bfloat16 x (the (1,)-shaped offset promotes it). oneDNN's AVX-512 VNNI kernels take unsigned
+        # inputs only (signed ones fall to its reference code, ~1000x slower)
+        q = torch.add(self._offset, x2, alpha=1.0 / scale).to(torch.uint8)
         y = torch.ops.onednn.qlinear_pointwise(q, scale, 128, self._packed, self._w_scale, self._w_zero, self._bias,
                                                1.0, 0, self.out_dtype, self._post_op, [], self._algorithm)
         return y.reshape(*lead, self.out_features)
