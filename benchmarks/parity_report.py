@@ -4,7 +4,7 @@ model families, from the golden data vendored in tests/golden (runs from a clone
 The tests (tests/test_parity.py, tests/test_audiomae_parity.py) assert the tolerances; this
 prints the actual numbers. Every conversion goes through `convert_source`, as the CLI's.
 
-    python benchmarks/parity_report.py [--family all|mwmae|audiomae]
+    python benchmarks/parity_report.py [--family all|mwmae|audiomae|finetune]
 
 The golden reader (tests/golden/__init__.py) is loaded from its file, not imported as
 `tests.golden`: the HEAR toolchain's dcase_util installs a top-level `tests` package that
@@ -17,6 +17,11 @@ Audio-MAE columns: fbank from audio (normalised units, padded model input), enco
 the stored fbank, decoder latent / prediction (every 4th patch, as vendored) / relative loss
 for the random and (audiomae_tiny) 2-D masks, HEAR timestamp / scene embeddings from audio
 (`load_model` of the converted file), and whether the timestamps are exactly the reference.
+Fine-tuned classifier (`audiomae_ft_tiny`): logits / pooled features / last-block tokens from
+the stored fbank, logits from audio (`get_logits`; a 12.7 s clip's first chunk against the
+authors' first 10.24 s), the 2-D-masked training logits, the BCE loss, every gradient (max abs,
+and relative to the gradient's largest entry), every parameter after one AdamW step from the
+authors' gradients and from ours.
 """
 
 from __future__ import annotations
@@ -164,9 +169,86 @@ def audiomae_rows(folder: Path) -> list[str]:
     return rows
 
 
+FT = "audiomae_ft_tiny"
+
+
+def theirs(name: str) -> str:
+    return name.removeprefix("encoder.").removeprefix("classifier.")
+
+
+def finetune_rows(folder: Path) -> list[str]:
+    """The fine-tuned classifier and one fine-tuning step (`audiomae_ft_tiny`)."""
+    from hear_mwmae.checkpoint import Checkpoint, build_classifier, build_encoder
+    from hear_mwmae.classifier import AudioClassifier
+    from hear_mwmae.finetune.model import build_optimizer, classification_loss, masking_keep
+    from hear_mwmae.finetune.recipes import FinetuneConfig
+    from hear_mwmae.model import masking_2d
+    from hear_mwmae.pretrain.loop import set_lr
+
+    c = convert_source(write_checkpoint(FT, folder / FT))
+    ckpt = Checkpoint(c.config, c.state_dict, c.encoder_only, c.provenance)
+
+    def model() -> AudioClassifier:
+        m = AudioClassifier(c.config.model, c.config.head, build_encoder(ckpt))
+        m.classifier = build_classifier(ckpt)
+        return m.eval()
+
+    fb = {w: torch.from_numpy(array(FT if w == "wav3_clicks_0p5s" else "inputs", f"{w}.fbank_norm"))
+          for w in ("wav0_chirp_noise_2s", "wav1_tones_dc_10p24s", "wav3_clicks_0p5s")}
+    m = model()
+    with torch.no_grad():
+        logits = _both_paths(m, lambda: (max(err(m(x), array(FT, f"{w}.logits")) for w, x in fb.items()),
+                                         max(err(m.pooled(x), array(FT, f"{w}.pooled")) for w, x in fb.items())))
+        tokens = err(m.encoder.forward_tokens(fb["wav0_chirp_noise_2s"]), array(FT, "wav0_chirp_noise_2s.encoder_tokens"))
+    runtime = hear_mwmae.load_model(str(save_checkpoint(folder / f"{FT}.pt", c.config, c.state_dict,
+                                                        encoder_only=True)), device="cpu")
+    audio_err = max(err(hear_mwmae.get_logits(torch.from_numpy(array("inputs", w))[None], runtime),
+                        array(FT, f"{w}.logits")) for w in ("wav0_chirp_noise_2s", "wav3_clicks_0p5s"))
+    per_chunk, _ = hear_mwmae.get_logits(torch.from_numpy(array("inputs", "wav2_bursts_12p7s"))[None], runtime,
+                                         per_chunk=True)
+    first_chunk = err(per_chunk[:, 0], array(FT, "wav2_bursts_12p7s.logits"))
+
+    cfg = FinetuneConfig(weight_decay=5e-4, layer_decay=0.75, mask_t_prob=0.2, mask_f_prob=0.2, drop_path=0.0)
+    m = model().train()
+    m.encoder.pos_embed.requires_grad_(False)
+    x = torch.cat([fb["wav0_chirp_noise_2s"], fb["wav1_tones_dc_10p24s"]])
+    noise = torch.cat([torch.from_numpy(array(FT, "ft_noise_t")), torch.from_numpy(array(FT, "ft_noise_f"))], dim=1)
+    batch = (x, torch.from_numpy(array(FT, "ft_targets")), noise, torch.zeros(2, 2, 2), [])
+    with torch.no_grad():
+        masked = err(m(x, masking_2d(noise, m.encoder.cfg.grid_size, masking_keep(m.encoder, cfg))[0]),
+                     array(FT, "ft_logits_masked"))
+    loss = classification_loss(m, cfg, True)(m, batch, torch.device("cpu"))[0]
+    loss_rel = abs(loss.item() - float(array(FT, "ft_loss"))) / float(array(FT, "ft_loss"))
+    loss.backward()
+    trained = {n: p for n, p in m.named_parameters() if p.requires_grad}
+    grads = [(err(p.grad, array(FT, f"ft_grads/{theirs(n)}")),
+              err(p.grad, array(FT, f"ft_grads/{theirs(n)}")) / float(np.abs(array(FT, f"ft_grads/{theirs(n)}")).max()))
+             for n, p in trained.items()]
+
+    def stepped(own_grads: bool) -> float:
+        mm = model().train() if not own_grads else m
+        mm.encoder.pos_embed.requires_grad_(False)
+        opt = build_optimizer(mm, cfg)
+        if not own_grads:
+            for n, p in mm.named_parameters():
+                if p.requires_grad:
+                    p.grad = torch.from_numpy(array(FT, f"ft_grads/{theirs(n)}"))
+        set_lr(opt, 1e-3)
+        opt.step()
+        return max(err(p, array(FT, f"ft_params_after_step/{theirs(n)}")) for n, p in mm.named_parameters())
+
+    their_step, our_chain = stepped(False), stepped(True)
+    return ["| fine-tuned fixture | logits sdpa/ref | pooled sdpa/ref | tokens | logits from audio | 12.7 s chunk 0 "
+            "| masked logits | loss rel | grads max abs / rel | step (their grads) | step (ours, whole chain) |",
+            "|" + "---|" * 11,
+            f"| {FT} | {pair([t[0] for t in logits])} | {pair([t[1] for t in logits])} | {tokens:.1e} | "
+            f"{audio_err:.1e} | {first_chunk:.1e} | {masked:.1e} | {loss_rel:.1e} | "
+            f"{max(g[0] for g in grads):.1e} / {max(g[1] for g in grads):.1e} | {their_step:.1e} | {our_chain:.1e} |"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", choices=["all", "mwmae", "audiomae"], default="all")
+    p.add_argument("--family", choices=["all", "mwmae", "audiomae", "finetune"], default="all")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.family in ("all", "mwmae"):
@@ -175,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(audiomae_rows(Path(tmp))))
             banks = err(kaldi_mel_banks(FbankConfig()).t(), array("audiomae_tiny", "fbank_mel_banks"))
             print(f"\nKaldi mel filterbank vs the fixture's (torchaudio, float32): {banks:.1e}")
+        if args.family in ("all", "finetune"):
+            print("\n" + "\n".join(finetune_rows(Path(tmp))))
     return 0
 
 

@@ -22,7 +22,7 @@ PAPER_OVERALL = 89.2  # MW-MAE-B's s(m) in the paper
 def model_facts(checkpoint: Path) -> dict[str, Any]:
     """Family and size of a checkpoint, for labelling its results (MW-MAE and Audio-MAE runs
     are reported the same way; `evaluation.compare` puts them side by side)."""
-    from hear_mwmae.checkpoint import load_checkpoint
+    from hear_mwmae.sources import load_checkpoint
 
     cfg = load_checkpoint(checkpoint).config
     m = cfg.model

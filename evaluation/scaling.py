@@ -167,7 +167,7 @@ def _task_scores(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _from_checkpoint(path: str) -> dict[str, Any]:
-    from hear_mwmae.checkpoint import load_checkpoint
+    from hear_mwmae.sources import load_checkpoint
 
     m = load_checkpoint(path).config.model
     model = "Audio-MAE" if m.family == "audiomae" else ("MW-MAE" if any(m.decoder_window_sizes) else "MAE")

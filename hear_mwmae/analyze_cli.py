@@ -61,7 +61,7 @@ def _device(name: str | None) -> str:
 def _load(ref: str, label: str, device: str):
     """(model on `device`, its facts); the checkpoint's own copy of the weights is not kept."""
     from .analysis.recording import from_checkpoint
-    from .checkpoint import load_checkpoint
+    from .sources import load_checkpoint
 
     ckpt = load_checkpoint(ref)
     model = from_checkpoint(ckpt, label, str(ref)).to(device)
@@ -117,16 +117,12 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _guarded(run):
-    """Bad input (a missing file, an encoder-only checkpoint for the decoder, ...) -> message, exit 2."""
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (ValueError, FileNotFoundError, ImportError) as exc:
-            log.error("%s", exc)
-            return 2
-    wrapper.__doc__ = run.__doc__
-    return wrapper
+def _check_figures(args: argparse.Namespace) -> None:
+    """Fail before the work, not after it, when the figures cannot be drawn."""
+    if not args.no_figures:
+        from .errors import require
+
+        require("matplotlib", "for the figures (or pass --no-figures)", extra="analysis")
 
 
 def run_attention(args: argparse.Namespace) -> int:
@@ -136,6 +132,7 @@ def run_attention(args: argparse.Namespace) -> int:
     from .analysis.study import attention_study
 
     start = time.perf_counter()
+    _check_figures(args)
     if args.bootstrap < 1:
         raise ValueError("--bootstrap must be >= 1")
     parts = ["encoder", "decoder"] if args.part == "both" else [args.part]
@@ -220,6 +217,7 @@ def run_pwcca(args: argparse.Namespace) -> int:
     from .analysis.study import pwcca_study
 
     start = time.perf_counter()
+    _check_figures(args)
     label = _labels([str(args.checkpoint)], args.label)[0]
     device = _device(args.device)
     model, facts = _load(str(args.checkpoint), label, device)
@@ -295,14 +293,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     a.add_argument("--labels", help="comma-separated names for the checkpoints (default: file stems)")
     a.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over clips (default 1000)")
     _common(a, "encoder", ("encoder", "decoder", "both"))
-    a.set_defaults(func=_guarded(run_attention))
+    a.set_defaults(func=run_attention)
     w = sub.add_parser("pwcca", help="head-by-head PWCCA matrix of the decoder (or encoder), with heatmap")
     w.add_argument("checkpoint", metavar="CKPT")
     w.add_argument("--label", help="name of the checkpoint in outputs (default: file stem)")
     w.add_argument("--layers", help="comma-separated block indices (default: all)")
     w.add_argument("--epsilon", type=float, default=0.0, help="PWCCA epsilon (as google/svcca; default 0)")
     _common(w, "decoder", ("decoder", "encoder"))
-    w.set_defaults(func=_guarded(run_pwcca))
+    w.set_defaults(func=run_pwcca)
     return p
 
 

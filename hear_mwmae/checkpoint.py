@@ -1,15 +1,17 @@
 """Our checkpoint format: one file holding the config, the state dict and provenance.
 
 `.pt`: a plain dict loadable with `torch.load(weights_only=True)`:
-    {"format": "hear-mwmae", "format_version": 2, "config": MWMAEConfig.to_dict(),
+    {"format": "hear-mwmae", "format_version": 3, "config": MWMAEConfig.to_dict(),
      "encoder_only": bool, "provenance": {...}, "state_dict": {key: tensor}}
 `.safetensors`: the state dict, with format/config/provenance as JSON strings in the metadata.
-Format 2 (both model families) adds the frontend `kind` and the model `family` and its
-fields to the config; format 1 files (MW-MAE only) are migrated on load (`migrate`).
+State-dict keys: `encoder.*`, `decoder.*` (absent when `encoder_only`) and, for a model with
+a classifier (config `head`), `classifier.fc_norm.*` / `classifier.head.*`.
+Format 3 adds the optional classifier head; format 2 (both model families) added the
+frontend `kind` and the model `family`; older files are migrated on load (`migrate`).
 
-`load_checkpoint` accepts a local file, an authors' run directory or Audio-MAE checkpoint
-(converted on the fly), or a Hugging Face Hub reference `hf://owner/repo/path/file.pt[@revision]`
-or `hf://owner/repo[@revision]` (a timm-layout Audio-MAE repo), with an optional sha256 pin.
+`load_checkpoint` accepts a local file, a folder of our Hub layout (`hub.py`: model.safetensors +
+config.json + README.md), or an authors' run directory or Audio-MAE checkpoint (converted on the fly). Names, the Hub (`hf://`) and sha256 pins are resolved to a local path
+one level up, in `sources.py` (`sources.load_checkpoint`, which `hear_mwmae.load_model` uses).
 Loading never unpickles code (the one class allowed besides tensors and containers is the
 `argparse.Namespace` inside the Audio-MAE authors' files).
 """
@@ -18,26 +20,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import registry
 from .config import MWMAEConfig
-from .files import atomic_write, sha256_file
+from .files import atomic_write, describe_magic, safe_reason
 
 log = logging.getLogger(__name__)
 
 FORMAT = "hear-mwmae"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ENCODER_PREFIX = "encoder."
-HOW_TO_GET_WEIGHTS = (
-    "Get the authors' model with `hear-mwmae fetch mwmae-base-4x16-4l` (then load it by that name), "
-    "convert a run directory by hand (weights/README.md), or use the bundled demo `weights/demo-tiny.pt`."
-)
+DECODER_PREFIX = "decoder."
 PRETRAIN_HINT = "export a model from it with `hear-mwmae pretrain-export {run} OUT.pt`"
 
 
@@ -54,8 +51,17 @@ class Checkpoint:
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights with the `encoder.` prefix removed."""
-        n = len(ENCODER_PREFIX)
-        return {k[n:]: v for k, v in self.state_dict.items() if k.startswith(ENCODER_PREFIX)}
+        return _strip(self.state_dict, ENCODER_PREFIX)
+
+    def classifier_state_dict(self) -> dict[str, torch.Tensor]:
+        """The classifier's weights (`fc_norm.*`, `head.*`); empty for a model without one."""
+        from .classifier import PREFIX
+
+        return _strip(self.state_dict, PREFIX)
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 # ----------------------------------------------------------------------------- saving
@@ -63,14 +69,20 @@ def save_checkpoint(path: str | Path, config: MWMAEConfig, state_dict: dict[str,
                     provenance: dict[str, Any] | None = None, encoder_only: bool = False) -> Path:
     """Write a checkpoint atomically (`.pt` or `.safetensors`, by suffix). Returns the path.
 
-    `state_dict` holds full-model keys (`encoder.*`, `decoder.*`); with `encoder_only`
-    the decoder weights are left out.
+    `state_dict` holds full-model keys (`encoder.*`, `decoder.*`, `classifier.*` when the
+    config has a head); with `encoder_only` the decoder weights are left out.
     """
+    from .classifier import PREFIX
+
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()
-             if not encoder_only or k.startswith(ENCODER_PREFIX)}
+             if not (encoder_only and k.startswith(DECODER_PREFIX))}
     if not any(k.startswith(ENCODER_PREFIX) for k in state):
         raise ValueError("state_dict has no 'encoder.*' keys: pass the full MWMAE state dict")
+    if (config.head is not None) != any(k.startswith(PREFIX) for k in state):
+        raise ValueError("the config has a classifier head but the state dict has no 'classifier.*' keys"
+                         if config.head is not None else
+                         "the state dict has 'classifier.*' keys but the config has no head")
     provenance = dict(provenance or {})
     if path.suffix == ".safetensors":
         from safetensors.torch import save
@@ -89,70 +101,12 @@ def save_checkpoint(path: str | Path, config: MWMAEConfig, state_dict: dict[str,
 
 
 # ----------------------------------------------------------------------------- loading
-_HF_REF = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<file>[^@]+?)(?:@(?P<rev>[^@]+))?$")
-_HF_REPO = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/@]+))?$")  # a whole (timm-layout) repo
-
-
-def _hub_repo(repo: str, revision: str | None) -> Path:
-    """A timm-layout Hub repo's snapshot folder: config.json + model.safetensors, else pytorch_model.bin."""
-    from huggingface_hub import snapshot_download
-
-    folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["config.json", "model.safetensors"]))
-    if not (folder / "model.safetensors").is_file():
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["config.json", "pytorch_model.bin"]))
-    return folder
-
-
-def resolve(ref: str | Path, sha256: str | None = None) -> Path:
-    """Local path, `hf://owner/repo/path/file[@revision]` -> local file, or `hf://owner/repo[@revision]`
-    (a timm-layout repo: config.json + weights) -> local folder; hash-checked if pinned (for a
-    repo: its weights file).
-
-    Hub files come through `huggingface_hub` (its cache; `HF_HUB_OFFLINE=1` is honoured).
-    """
-    text = str(ref)
-    if text.startswith("hf://"):
-        m = _HF_REF.match(text) or _HF_REPO.match(text)
-        if not m:
-            raise ValueError(f"bad Hub reference {text!r}; expected hf://owner/repo/path/file.pt[@revision] "
-                             "or hf://owner/repo[@revision]")
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError as exc:  # optional dependency
-            raise ImportError("loading from the Hub needs `pip install huggingface_hub`") from exc
-        try:
-            if m.groupdict().get("file"):
-                path = Path(hf_hub_download(m["repo"], m["file"], revision=m["rev"]))
-            else:
-                path = _hub_repo(m["repo"], m["rev"])
-        except Exception as exc:
-            raise FileNotFoundError(
-                f"could not get {text} from the Hugging Face Hub or its local cache "
-                f"({type(exc).__name__}: {exc}). {HOW_TO_GET_WEIGHTS}") from exc
-    elif registry.is_name(text):  # a released model fetched into the cache (`hear-mwmae fetch NAME`)
-        path = registry.cached_file(text)
-    else:
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} not found. {HOW_TO_GET_WEIGHTS}")
-    if sha256 is not None:
-        if path.is_dir():
-            from .convert.audiomae import timm_weights_file
-
-            path_to_hash = timm_weights_file(path)
-        else:
-            path_to_hash = path
-        actual = sha256_file(path_to_hash)
-        if actual.lower() != sha256.lower():
-            raise CheckpointError(f"{text}: sha256 {actual} does not match the pinned {sha256}")
-    return path
-
-
 def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
     """Bring a checkpoint payload of an older format version up to FORMAT_VERSION.
 
     1 -> 2: format 1 held MW-MAE models only, so its config gets frontend kind "logmel"
     and model family "mwmae" (every other new field's default is MW-MAE's behaviour).
+    2 -> 3: format 3 adds an optional classifier head; a format 2 file has none.
     """
     version = int(obj.get("format_version", -1))
     if version == 1:
@@ -162,6 +116,9 @@ def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
         obj = {**obj, "config": config, "format_version": 2,
                "provenance": {**dict(obj.get("provenance") or {}), "migrated_from_format": 1}}
         version = 2
+    if version == 2:
+        obj = {**obj, "format_version": 3}
+        version = 3
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{where}: format_version {version} unsupported (this package reads "
                               f"1 to {FORMAT_VERSION}; a newer hear-mwmae wrote it?)")
@@ -169,20 +126,25 @@ def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _from_payload(obj: Any, where: str) -> Checkpoint:
+    """A loaded payload -> Checkpoint, every part checked before anything is built from it:
+    the config's values (`validate`), then the state dict's tensors, names and shapes against
+    the config and their finiteness (`state_checks`)."""
+    from .payload_checks import checked_payload, format_version_ok
+
     if isinstance(obj, dict) and obj.get("format") == "hear-mwmae-train":
         raise CheckpointError(f"{where}: a pre-training state (hear-mwmae pretrain), not a model checkpoint; "
                               + PRETRAIN_HINT.format(run=Path(where).parent))
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{where}: not a hear-mwmae checkpoint (no format={FORMAT!r} marker)")
-    obj = migrate(obj, where)
+    if not format_version_ok(obj.get("format_version", -1)):
+        raise CheckpointError(f"{where}: format_version is not an integer")
     try:
-        config = MWMAEConfig.from_dict(obj["config"])
-        state = obj["state_dict"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: malformed checkpoint: {exc}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{where}: state_dict is not a dict of tensors")
-    return Checkpoint(config, state, bool(obj.get("encoder_only", False)), dict(obj.get("provenance") or {}))
+        config, state, encoder_only, provenance = checked_payload(migrate(obj, where))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
+    return Checkpoint(config, state, encoder_only, provenance)
 
 
 def _load_safetensors(path: Path) -> Checkpoint:
@@ -191,14 +153,16 @@ def _load_safetensors(path: Path) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-        payload = {"format": meta.get("format"), "format_version": meta.get("format_version", -1),
-                   "config": json.loads(meta["config"]), "encoder_only": json.loads(meta.get("encoder_only", "false")),
-                   "provenance": json.loads(meta.get("provenance", "{}")), "state_dict": state}
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: safetensors file without hear-mwmae metadata ({exc})") from exc
+            payload = {"format": meta.get("format"), "format_version": meta.get("format_version", -1),
+                       "config": json.loads(meta["config"]),
+                       "encoder_only": json.loads(meta.get("encoder_only", "false")),
+                       "provenance": json.loads(meta.get("provenance", "{}"))}
+            payload["state_dict"] = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (KeyError, ValueError, RecursionError) as exc:  # (bad JSON, an int of > 4300 digits)
+        raise CheckpointError(f"{path}: safetensors file without valid hear-mwmae metadata "
+                              f"({type(exc).__name__}: {safe_reason(exc)})") from exc
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file: {exc}") from exc
+        raise CheckpointError(f"{path}: unreadable safetensors file: {safe_reason(exc).split(':')[0]}") from exc
     return _from_payload(payload, str(path))
 
 
@@ -228,10 +192,18 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
-def load_checkpoint(ref: str | Path, sha256: str | None = None) -> Checkpoint:
-    """Load our checkpoint (.pt / .safetensors), a Hub reference, or an authors' run directory."""
-    path = resolve(ref, sha256)
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load our checkpoint (.pt / .safetensors) or an authors' run directory / file, from a local path
+    (`sources.load_checkpoint` also takes names and `hf://` references)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found (names and hf:// references load through "
+                                f"hear_mwmae.load_model or hear_mwmae.sources.load_checkpoint)")
     if path.is_dir():
+        from .hub import is_pretrained_dir, load_pretrained_dir
+
+        if is_pretrained_dir(path):  # our Hub layout (save_pretrained): config.json + model.safetensors
+            return load_pretrained_dir(path)
         if (path / "train_config.json").exists() or (path / "checkpoint.pt").exists():
             raise CheckpointError(f"{path}: a pre-training run directory, not a model checkpoint; "
                                   + PRETRAIN_HINT.format(run=path))
@@ -245,11 +217,11 @@ def load_checkpoint(ref: str | Path, sha256: str | None = None) -> Checkpoint:
         return _load_safetensors(path)
     if kind == "audio":
         raise CheckpointError(f"{path}: an audio file, not a model checkpoint; pass a .pt / .safetensors file, an "
-                              f"authors' run directory or a released model name ({', '.join(registry.names())})")
+                              f"authors' run directory or a released model's name (`hear-mwmae fetch --list`)")
     if kind == "unknown":
         head = _head(path)
         raise CheckpointError(f"{path}: not a model checkpoint: neither a torch file, a safetensors file nor an "
-                              f"authors' Flax msgpack checkpoint ({f'it starts with bytes {head!r}' if head else 'empty'})")
+                              f"authors' Flax msgpack checkpoint ({describe_magic(head)})")
     if kind == "msgpack":
         raise CheckpointError(f"{path}: looks like an authors' Flax msgpack checkpoint; convert it with "
                               f"`hear-mwmae convert RUN_DIR OUT.pt` (or pass the run directory)")
@@ -299,10 +271,23 @@ def from_converted(source: Path) -> Checkpoint:
     return Checkpoint(converted.config, converted.state_dict, converted.encoder_only, converted.provenance)
 
 
+def _check_parts(ckpt: Checkpoint, parts: tuple[str, ...]) -> None:
+    """The checkpoint's weights of `parts` have the config's names and shapes (before a module
+    of those parts is built; `load_checkpoint` checked this already, a hand-made one may not be)."""
+    from .state_checks import WeightsError, check_against_config, part_of
+
+    try:
+        check_against_config(ckpt.config, part_of(ckpt.state_dict, parts), parts)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 def build_encoder(ckpt: Checkpoint) -> torch.nn.Module:
-    """The frozen-config encoder with the checkpoint's weights, strictly loaded, in eval mode."""
+    """The frozen-config encoder with the checkpoint's weights, strictly loaded, in eval mode.
+    The weights' names and shapes are checked against the config before the module is built."""
     from .model import Encoder
 
+    _check_parts(ckpt, ("encoder",))
     encoder = Encoder(ckpt.config.model)
     try:
         encoder.load_state_dict(ckpt.encoder_state_dict(), strict=True)
@@ -311,12 +296,35 @@ def build_encoder(ckpt: Checkpoint) -> torch.nn.Module:
     return encoder.eval()
 
 
+def build_classifier(ckpt: Checkpoint) -> torch.nn.Module:
+    """The checkpoint's classifier head (`classifier.Classifier`), strictly loaded, in eval mode.
+    Raises `NoClassifierError` (a ValueError) for a model without one."""
+    from .classifier import Classifier, NoClassifierError
+
+    if ckpt.config.head is None:
+        raise NoClassifierError(NO_HEAD)
+    _check_parts(ckpt, ("classifier",))
+    head = Classifier(ckpt.config.model, ckpt.config.head)
+    try:
+        head.load_state_dict(ckpt.classifier_state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"classifier weights do not match the config's head: {exc}") from exc
+    return head.eval()
+
+
+NO_HEAD = ("this model has no classifier head (it is an encoder for embeddings): load a fine-tuned model, e.g. "
+           "`hear-mwmae fetch audiomae-base-as2m-ft` then load_model('audiomae-base-as2m-ft'), or fine-tune one "
+           "with `hear-mwmae finetune --model M --task DATA --out RUN` and load RUN/model.pt")
+
+
 def build_mwmae(ckpt: Checkpoint) -> torch.nn.Module:
-    """The full masked autoencoder (needs a checkpoint that is not encoder-only)."""
+    """The full masked autoencoder (needs a checkpoint that is not encoder-only); names and
+    shapes are checked against the config before the module is built."""
     from .model import MWMAE
 
     if ckpt.encoder_only:
         raise CheckpointError("this checkpoint is encoder-only; the decoder is needed for pre-training")
+    _check_parts(ckpt, ("encoder", "decoder"))
     model = MWMAE(ckpt.config.model)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)

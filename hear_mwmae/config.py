@@ -1,6 +1,7 @@
 """Frozen configuration dataclasses, stored inside every checkpoint.
 
-`MWMAEConfig` = `ModelConfig` (architecture) + a frontend config, for both model families:
+`MWMAEConfig` = `ModelConfig` (architecture) + a frontend config, for both model families,
++ an optional `HeadConfig` (a classifier on the encoder: a fine-tuned model):
 
 | family     | frontend                         | chunk      | patch   | CLS | GELU | decoder          |
 |------------|----------------------------------|------------|---------|-----|------|------------------|
@@ -20,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
+
+from . import validate
 
 # Encoder sizes of the release: name -> (embed_dim, depth, num_heads).
 ENCODER_SIZES: dict[str, tuple[int, int, int]] = {
@@ -47,8 +50,9 @@ AUDIOSET_STD = 4.5689974
 
 
 def _check_spectrogram(cfg: Any, kind: str) -> None:
-    """What every frontend config must satisfy: its own kind, a window no longer than the FFT,
-    band edges inside [0, sample_rate / 2]."""
+    """What every frontend config must satisfy: each value's type and range (`validate`), its own
+    kind, a window no longer than the FFT, band edges inside [0, sample_rate / 2]."""
+    validate.normalise(cfg, validate.frontend_fields(cfg))
     if cfg.kind != kind:
         raise ValueError(f"{type(cfg).__name__}.kind must be {kind!r}, got {cfg.kind!r}")
     if cfg.win_length > cfg.n_fft:
@@ -132,17 +136,15 @@ def _as_head_windows(value: Any, num_heads: int, what: str) -> tuple[int, ...]:
 
     Returns () for "plain multi-head attention" (the release's `0`), else one int per head.
     """
-    if value is None or (isinstance(value, int) and value == 0):
+    if value is None or (validate.is_int(value) and value == 0):
         return ()
-    if isinstance(value, int):
+    if validate.is_int(value):
         value = [value] * num_heads
-    windows = tuple(int(w) for w in value)
+    windows = validate.int_sequence(value, what, 0, validate.MAX_TOKENS, max_length=validate.MAX_HEADS)
     if len(windows) == 0:
         return ()
     if len(windows) != num_heads:
         raise ValueError(f"{what}: {len(windows)} window sizes for {num_heads} heads")
-    if any(w < 0 for w in windows):
-        raise ValueError(f"{what}: window sizes must be >= 0, got {list(windows)}")
     return windows
 
 
@@ -195,10 +197,9 @@ class ModelConfig:
     final_norm: bool = True
 
     def __post_init__(self) -> None:
-        # Accept lists (from JSON) and the release's int shorthand; store tuples.
-        object.__setattr__(self, "img_size", tuple(int(v) for v in self.img_size))
-        object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
-        object.__setattr__(self, "decoder_window", tuple(int(v) for v in self.decoder_window))
+        # Every value's type and range first (`validate`: bounds in docs/security.md); lists (from
+        # JSON) and the release's int shorthand for windows are accepted, tuples stored.
+        validate.normalise(self, validate.model_fields(self))
         for name, value, allowed in (("family", self.family, FAMILIES), ("gelu", self.gelu, GELUS),
                                      ("decoder_kind", self.decoder_kind, DECODER_KINDS)):
             if value not in allowed:
@@ -211,9 +212,6 @@ class ModelConfig:
             "decoder_window_sizes",
             _as_head_windows(self.decoder_window_sizes, self.decoder_num_heads, "decoder_window_sizes"),
         )
-        (h, w), (ph, pw) = self.img_size, self.patch_size
-        if h % ph or w % pw:
-            raise ValueError(f"patch_size {self.patch_size} does not divide img_size {self.img_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
         if self.decoder_embed_dim % self.decoder_num_heads:
@@ -223,6 +221,7 @@ class ModelConfig:
             )
         if self.use_cls_token and (self.window_sizes or self.decoder_window_sizes):
             raise ValueError("the CLS-token MAE variant takes no window sizes (as in the release)")
+        validate.model_consistency(self)
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if not (0.0 <= self.mask_t_prob < 1.0 and 0.0 <= self.mask_f_prob < 1.0):
@@ -282,16 +281,74 @@ class ModelConfig:
         return sum(self.grid_size) if self.mask_2d else self.num_patches
 
 
+POOLINGS = ("mean", "cls", "time")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """A classifier on the encoder: pool the last block's tokens -> `fc_norm` (LayerNorm) ->
+    dropout -> linear layer with `num_classes` outputs (the Audio-MAE authors' fine-tuned
+    `models_vit.VisionTransformer`, `global_pool=True`).
+
+    `pooling`: "mean" = mean of the patch tokens (CLS excluded; the authors' `global_pool`),
+    "cls" = the CLS token (models with one), "time" = each frequency patch's mean over time,
+    concatenated (grid_f x D: the HEAR scene embedding's layout; ours). `labels`: display names in head order;
+    `label_ids`: machine ids (AudioSet mids, ...) in the same order, or () when there are none;
+    `label_source`: where the names come from (e.g. "audioset" or a file name), "" = generic
+    `class_i` names. `multi_label`: sigmoid scores / binary cross-entropy (AudioSet), else
+    softmax / cross-entropy (one class per clip). `dropout`: before the linear layer, in
+    training only.
+    """
+
+    num_classes: int
+    labels: tuple[str, ...]
+    label_ids: tuple[str, ...] = ()
+    label_source: str = ""
+    multi_label: bool = True
+    pooling: str = "mean"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        validate.normalise(self, validate.head_fields(self))  # types and ranges (docs/security.md)
+        if len(self.labels) != self.num_classes:
+            raise ValueError(f"head has {self.num_classes} classes but {len(self.labels)} label names")
+        if self.label_ids and len(self.label_ids) != self.num_classes:
+            raise ValueError(f"head has {self.num_classes} classes but {len(self.label_ids)} label ids")
+        for what, values in (("label names", self.labels), ("label ids", self.label_ids)):
+            if not all(isinstance(v, str) and v for v in values):
+                raise ValueError(f"head {what} must be non-empty strings")
+            if len(set(values)) != len(values):
+                dup = sorted({v for v in values if values.count(v) > 1})
+                raise ValueError(f"head {what} repeat: {dup[:5]}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"head pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"head dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def generic(cls, num_classes: int, **options: Any) -> "HeadConfig":
+        """A head whose classes have no known names: class_0, class_1, ..."""
+        return cls(num_classes, tuple(f"class_{i}" for i in range(num_classes)), **options)
+
+
 @dataclass(frozen=True)
 class MWMAEConfig:
-    """Everything needed to rebuild a model (of either family) and its input pipeline."""
+    """Everything needed to rebuild a model (of either family) and its input pipeline;
+    `head` is set for a model with a classifier (fine-tuned), None for an encoder."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     frontend: AnyFrontendConfig = field(default_factory=FrontendConfig)
+    head: HeadConfig | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise TypeError(f"model must be a ModelConfig, got {type(self.model).__name__}")
         if not isinstance(self.frontend, (FrontendConfig, FbankConfig)):
             raise TypeError(f"frontend must be a FrontendConfig or FbankConfig, got {type(self.frontend).__name__}")
+        if self.head is not None and not isinstance(self.head, HeadConfig):
+            raise TypeError(f"head must be a HeadConfig or None, got {type(self.head).__name__}")
+        if self.head is not None and self.head.pooling == "cls" and not self.model.use_cls_token:
+            raise ValueError("head pooling 'cls' needs a model with a CLS token; use pooling 'mean'")
         if self.model.in_chans != 1:
             raise ValueError("spectrogram models take in_chans=1")
         if self.model.img_size[1] != self.frontend.n_mels:
@@ -322,29 +379,37 @@ class MWMAEConfig:
                 return [plain(v) for v in obj]
             return obj
 
-        return {
+        out = {
             "model": {k: plain(v) for k, v in dataclasses.asdict(self.model).items()},
             "frontend": dataclasses.asdict(self.frontend),
         }
+        if self.head is not None:
+            out["head"] = {k: plain(v) for k, v in dataclasses.asdict(self.head).items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MWMAEConfig":
         """Inverse of `to_dict`. A frontend without `kind` is the log-mel one (format 1)."""
-        if not isinstance(data, dict) or set(data) - {"model", "frontend"}:
-            raise ValueError(f"config must be a dict with keys 'model' and 'frontend', got {data!r:.200}")
-        frontend = dict(data.get("frontend", {}))
+        if not isinstance(data, dict) or set(data) - {"model", "frontend", "head"}:
+            found = validate.names(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"config must be a dict with keys 'model', 'frontend' (and 'head'), got {found}")
+        frontend = validate.as_dict(data.get("frontend", {}), "config frontend")
         kind = frontend.get("kind", "logmel")
-        if kind not in FRONTEND_CONFIGS:
-            raise ValueError(f"unknown frontend kind {kind!r}; known: {sorted(FRONTEND_CONFIGS)}")
-        return cls(model=_build(ModelConfig, data.get("model", {})),
-                   frontend=_build(FRONTEND_CONFIGS[kind], frontend))
+        if not isinstance(kind, str) or kind not in FRONTEND_CONFIGS:
+            raise ValueError(f"unknown frontend kind {validate.brief(kind)}; known: {sorted(FRONTEND_CONFIGS)}")
+        head = data.get("head")
+        if head is not None and not isinstance(head, dict):
+            raise ValueError(f"config head must be a dict or null, got {type(head).__name__}")
+        return cls(model=_build(ModelConfig, validate.as_dict(data.get("model", {}), "config model")),
+                   frontend=_build(FRONTEND_CONFIGS[kind], frontend),
+                   head=None if head is None else _build(HeadConfig, validate.as_dict(head, "config head")))
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(kind)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+        raise ValueError(f"unknown {kind.__name__} keys: {validate.names(unknown)}")
     return kind(**values)
 
 

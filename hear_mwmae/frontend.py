@@ -9,6 +9,13 @@ pre-training data never ask which one they hold:
     forward(wave, block)     normalize(log_mel(...))
     pad_frames(x, frames)    extend normalised (B, T, F) to `frames` frames the family's way
     hop_ms, first_frame_ms   frame j is centred at first_frame_ms + j * hop_ms
+    stream_log_mel(blocks, wave_mean)   the raw frames of a clip given as blocks of samples,
+                             a block of frames at a time (equal, frame for frame, to log_mel)
+    clip_statistics(raw blocks)   what `normalize(raw, stats)` needs from the whole clip
+                             (MW-MAE: mean and std, by a streaming reduction; Audio-MAE: none)
+
+So a clip of any length can be normalised and framed in bounded memory (`embed_stream.py`):
+one sweep for the statistics, a second one for the frames.
 
 `LogMelFrontend` (MW-MAE) reproduces torchaudio `MelSpectrogram` + `log(x + eps)` +
 per-clip normalisation with `torch.stft` and a mel filterbank computed in float32 the way
@@ -26,6 +33,7 @@ Clips shorter than one window are zero-padded to one window (torchaudio fails on
 from __future__ import annotations
 
 import math
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -90,14 +98,63 @@ class _Frontend(nn.Module):
     def first_frame_ms(self) -> float:
         return self.cfg.first_frame_ms
 
+    frame_length: int  # samples per frame (after the edge padding)
+    edge_pad: int  # samples reflected before the first and after the last sample (0: none)
+
     def num_frames(self, num_samples: int) -> int:
         raise NotImplementedError
 
     def log_mel(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def normalize(self, logmel: torch.Tensor) -> torch.Tensor:
+    def frames_to_raw(self, padded: torch.Tensor) -> torch.Tensor:
+        """Samples already padded / centred, starting at a frame, (B, L) -> the raw log-mel of every
+        whole frame in them, (B, 1 + (L - frame_length) // hop, F)."""
         raise NotImplementedError
+
+    def normalize(self, logmel: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def clip_statistics(self, raw_blocks: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What `normalize` needs from the whole clip, from its raw frames given in blocks (t, F);
+        None when the normalisation is fixed."""
+        return None
+
+    def _prepare(self, samples: torch.Tensor, wave_mean: float) -> torch.Tensor:
+        """A clip's samples before framing (Audio-MAE: the clip mean removed)."""
+        return samples
+
+    def stream_log_mel(self, blocks: Iterable[torch.Tensor], wave_mean: float = 0.0,
+                       frames_per_block: int = 4096) -> Iterator[torch.Tensor]:
+        """The raw log-mel of one clip given as consecutive (n_i,) blocks of its samples: (t, F)
+        blocks of at most `frames_per_block` frames that join into `log_mel(clip[None])[0]`.
+        `wave_mean` is the clip's mean sample (used by a frontend that removes it). Holds at most
+        one block of samples and one of frames."""
+        hop, length, pad = self.cfg.hop_length, self.frame_length, self.edge_pad
+        buf = torch.zeros(0)
+        received, started = 0, False
+        for block in blocks:
+            block = self._prepare(block.to(torch.float32), wave_mean)
+            received += block.shape[0]
+            buf = torch.cat([buf, block])
+            if not started:
+                if buf.shape[0] < max(length, pad + 1):  # a start to reflect, and one whole frame
+                    continue
+                buf = torch.cat([buf[1:pad + 1].flip(0), buf])
+                started = True
+            while buf.shape[0] - (pad + 1) >= length + hop * (frames_per_block - 1):  # keep pad + 1 for the end
+                yield self.frames_to_raw(buf[None, :length + hop * (frames_per_block - 1)])[0]
+                buf = buf[hop * frames_per_block:]
+        if not started:  # shorter than a frame and its padding: the whole-clip path
+            if received:
+                yield self.log_mel(buf[None])[0]
+            return
+        if pad:
+            buf = torch.cat([buf, buf[-pad - 1:-1].flip(0)])
+        while buf.shape[0] >= length:
+            frames = min(frames_per_block, 1 + (buf.shape[0] - length) // hop)
+            yield self.frames_to_raw(buf[None, :length + hop * (frames - 1)])[0]
+            buf = buf[hop * frames:]
 
     def pad_frames(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         raise NotImplementedError
@@ -120,8 +177,19 @@ class LogMelFrontend(_Frontend):
         self.register_buffer("window", torch.hann_window(self.cfg.win_length), persistent=False)
         self.register_buffer("fbank", mel_filterbank(self.cfg), persistent=False)
 
+    @property
+    def frame_length(self) -> int:
+        return self.cfg.n_fft
+
+    @property
+    def edge_pad(self) -> int:
+        return self.cfg.n_fft // 2
+
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.cfg.hop_length
+
+    def frames_to_raw(self, padded: torch.Tensor) -> torch.Tensor:
+        return self._frames_to_log_mel(padded)
 
     def log_mel(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
         """(B, N) float -> raw log-mel (B, T, n_mels), float32, before normalisation.
@@ -155,11 +223,34 @@ class LogMelFrontend(_Frontend):
         mel = torch.matmul(power.transpose(-1, -2), self.fbank)  # (B, T, n_mels)
         return torch.log(mel + cfg.log_eps)
 
-    def normalize(self, logmel: torch.Tensor) -> torch.Tensor:
-        """Per-clip (x - mean) / (std + eps) over time and mel bins; std unbiased. (B, T, F)."""
-        mean = logmel.mean(dim=(1, 2), keepdim=True)
-        std = logmel.std(dim=(1, 2), keepdim=True)
+    def normalize(self, logmel: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-clip (x - mean) / (std + eps) over time and mel bins; std unbiased. (B, T, F).
+        `stats`: the clip's (mean, std) from `clip_statistics` (B = 1), else computed here."""
+        if stats is None:
+            mean = logmel.mean(dim=(1, 2), keepdim=True)
+            std = logmel.std(dim=(1, 2), keepdim=True)
+        else:
+            mean, std = stats
         return (logmel - mean) / (std + self.cfg.norm_eps)
+
+    def clip_statistics(self, raw_blocks: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, unbiased std) of all values of the raw blocks, float32 scalars: per block in
+        float64, merged by Chan et al.'s pairwise update (no cancellation however long the clip)."""
+        count, mean, m2 = 0, 0.0, 0.0
+        for block in raw_blocks:
+            x = block.detach().to(torch.float64).flatten()
+            n = x.numel()
+            if not n:
+                continue
+            block_mean = float(x.mean())
+            block_m2 = float(((x - block_mean) ** 2).sum())
+            delta = block_mean - mean
+            total = count + n
+            mean += delta * n / total
+            m2 += block_m2 + delta * delta * count * n / total
+            count = total
+        std = math.sqrt(m2 / (count - 1)) if count > 1 else float("nan")  # torch.std of one value: nan
+        return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
     def pad_frames(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """(B, T, F) -> (B, frames, F), extended by numpy-style reflection (the release's
@@ -208,9 +299,21 @@ class KaldiFbankFrontend(_Frontend):
         self.register_buffer("window", torch.hann_window(self.cfg.win_length, periodic=False), persistent=False)
         self.register_buffer("fbank", kaldi_mel_banks(self.cfg), persistent=False)
 
+    edge_pad = 0
+
+    @property
+    def frame_length(self) -> int:
+        return self.cfg.win_length
+
     def num_frames(self, num_samples: int) -> int:
         cfg = self.cfg
         return 1 + (max(num_samples, cfg.win_length) - cfg.win_length) // cfg.hop_length
+
+    def _prepare(self, samples: torch.Tensor, wave_mean: float) -> torch.Tensor:
+        return samples - torch.tensor(wave_mean, dtype=samples.dtype) if self.cfg.remove_clip_mean else samples
+
+    def frames_to_raw(self, padded: torch.Tensor) -> torch.Tensor:
+        return self._frames_to_log_fbank(padded)
 
     def log_mel(self, waveform: torch.Tensor, frames_per_block: int | None = None) -> torch.Tensor:
         """(B, N) float -> raw log fbank (B, T, n_mels), float32, before normalisation.
@@ -239,7 +342,7 @@ class KaldiFbankFrontend(_Frontend):
         power = spectrum.abs().pow(2.0)  # (B, T, n_fft // 2 + 1)
         return torch.matmul(power, self.fbank).clamp_min(cfg.log_eps).log()
 
-    def normalize(self, logmel: torch.Tensor) -> torch.Tensor:
+    def normalize(self, logmel: torch.Tensor, stats: None = None) -> torch.Tensor:
         """Fixed dataset statistics: (x - mean) / (std_scale * std). (B, T, F)."""
         return (logmel - self.cfg.mean) / (self.cfg.std * self.cfg.std_scale)
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-
-SHIFT_PENALTY = -100.0  # the release's mask value between shifted-window segments
+from .layers import SHIFT_PENALTY, Mlp, residual_scale
+from .swin import swin_blocks
 
 
 # ----------------------------------------------------------------------------- position embeddings
@@ -215,21 +215,15 @@ class Attention(nn.Module):
 
 
 # ----------------------------------------------------------------------------- blocks
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear. `gelu`: "tanh" (Flax's default, MW-MAE) or "erf" (exact, Audio-MAE)."""
-
-    def __init__(self, dim: int, hidden: int, gelu: str = "tanh"):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x)). LayerNorm eps 1e-6."""
+    """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x)). LayerNorm eps 1e-6.
+
+    `drop_path`: stochastic-depth rate of both residual branches (fine-tuning; 0 elsewhere),
+    applied only when `forward` gets the per-sample uniform `draws` (B, 2): column 0 decides
+    the attention branch, column 1 the MLP branch (`layers.residual_scale`).
+    """
+
+    drop_path: float = 0.0
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float,
                  window_sizes: tuple[int, ...] = (), shift: bool = False, gelu: str = "tanh"):
@@ -239,9 +233,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), gelu)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+        if draws is None or not self.drop_path:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        x = x + self.attn(self.norm1(x)) * residual_scale(draws[:, 0], self.drop_path).to(x.dtype)
+        return x + self.mlp(self.norm2(x)) * residual_scale(draws[:, 1], self.drop_path).to(x.dtype)
 
 
 def _blocks(cfg: ModelConfig, dim: int, depth: int, heads: int, windows: tuple[int, ...]) -> nn.ModuleList:
@@ -256,8 +253,6 @@ def _blocks(cfg: ModelConfig, dim: int, depth: int, heads: int, windows: tuple[i
 def _decoder_blocks(cfg: ModelConfig) -> nn.ModuleList:
     """The decoder's blocks: MW-MHA / plain pre-norm blocks, or Audio-MAE's Swin blocks."""
     if cfg.decoder_kind == "swin":
-        from .swin import swin_blocks
-
         return swin_blocks(cfg)
     return _blocks(cfg, cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_window_sizes)
 
@@ -289,12 +284,12 @@ class Encoder(nn.Module):
         x = x.flatten(2).transpose(1, 2).contiguous()
         return x + self.pos_embed[:, 1:] if self.cls_token is not None else x + self.pos_embed
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
         if self.cls_token is not None:
             cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x) if draws is None else blk(x, draws[:, i])
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -311,9 +306,20 @@ class Encoder(nn.Module):
 
     def forward_masked(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Encode only the kept patches. x (B, T, F), ids_keep (B, K) -> latent (B, K [+1 CLS first], D)."""
+        return self.forward_tokens(x, ids_keep)
+
+    def forward_tokens(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None,
+                       draws: torch.Tensor | None = None) -> torch.Tensor:
+        """The token sequence after the blocks (and the final norm, where the model has one).
+
+        x (B, T, F) -> (B, [1 CLS +] K, D): every patch (K = L, time-major), or only those in
+        `ids_keep` (B, K), in that order. `draws` (B, depth, 2): per-sample uniforms for the
+        blocks' stochastic depth (see `set_drop_path`; None = no branch dropped).
+        """
         tokens = self.embed_patches(x)
-        kept = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return self._run(kept)
+        if ids_keep is not None:
+            tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self._run(tokens, draws)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
@@ -359,6 +365,29 @@ class Decoder(nn.Module):
             x = blk(x)
         x = self.pred(self.norm(x))
         return x[:, 1:] if self.cls_through_blocks else x
+
+
+def masking_2d(noise: torch.Tensor, grid: tuple[int, int],
+               keep: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Audio-MAE's time x frequency token masking (pre-training and fine-tuning).
+
+    noise (B, grid_t + grid_f): uniform values, time rows first; the `keep` = (time rows,
+    frequency columns) with the smallest noise are kept. Returns ids_keep (B, kt * kf) with
+    the kept patches in ascending order (the authors' argsort(index + 999 * mask)), ids_restore
+    (B, L) and mask (B, L) float (1 = removed). (The authors' fine-tuning gathers the same
+    patches in noise order; attention and mean pooling do not depend on the order.)
+    """
+    (gt, gf), (kt, kf) = grid, keep
+    b, n = noise.shape[0], gt * gf
+
+    def kept(values: torch.Tensor, k: int) -> torch.Tensor:  # (B, m) -> (B, m) bool
+        chosen = torch.zeros_like(values, dtype=torch.bool)
+        return chosen.scatter_(1, torch.argsort(values, dim=1)[:, :k], True)
+
+    keep_grid = kept(noise[:, :gt], kt)[:, :, None] & kept(noise[:, gt:], kf)[:, None, :]  # (B, gt, gf)
+    mask = (~keep_grid).reshape(b, n).float()
+    order = torch.argsort(torch.arange(n, device=noise.device) + n * mask, dim=1)
+    return order[:, : kt * kf], torch.argsort(order, dim=1), mask
 
 
 class MAEOutput(NamedTuple):
@@ -456,18 +485,7 @@ class MWMAE(nn.Module):
 
     def _masking_2d(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Audio-MAE's time x frequency masking from noise (B, grid_t + grid_f); see random_masking."""
-        (gt, gf), (kt, kf) = self.cfg.grid_size, self.cfg.mask_2d_keep
-        b, n = noise.shape[0], gt * gf
-
-        def kept(values: torch.Tensor, k: int) -> torch.Tensor:  # (B, m) -> (B, m) bool
-            keep = torch.zeros_like(values, dtype=torch.bool)
-            return keep.scatter_(1, torch.argsort(values, dim=1)[:, :k], True)
-
-        keep = kept(noise[:, :gt], kt)[:, :, None] & kept(noise[:, gt:], kf)[:, None, :]  # (B, gt, gf)
-        mask = (~keep).reshape(b, n).float()
-        # kept patches first, each group in ascending order (the authors' argsort(index + 999 * mask))
-        order = torch.argsort(torch.arange(n, device=noise.device) + n * mask, dim=1)
-        return order[:, : kt * kf], torch.argsort(order, dim=1), mask
+        return masking_2d(noise, self.cfg.grid_size, self.cfg.mask_2d_keep)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error per patch, averaged over removed patches only."""
@@ -500,9 +518,18 @@ def set_fused_attention(model: nn.Module, fused: bool) -> None:
             m.fused = fused
 
 
+def set_drop_path(encoder: Encoder, rate: float) -> None:
+    """Stochastic depth for fine-tuning: block i drops its branches at rate * i / (depth - 1)
+    (timm's linearly increasing rule: block 0 never drops). 0 turns it off."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path rate must be in [0, 1), got {rate}")
+    for blk, r in zip(encoder.blocks, torch.linspace(0, rate, len(encoder.blocks)).tolist()):
+        blk.drop_path = r
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 __all__ = ["Attention", "Block", "Decoder", "Encoder", "MAEOutput", "MWMAE", "count_parameters",
-           "set_fused_attention", "sincos_1d", "sincos_2d", "sincos_audiomae"]
+           "masking_2d", "set_drop_path", "set_fused_attention", "sincos_1d", "sincos_2d", "sincos_audiomae"]

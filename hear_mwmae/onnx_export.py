@@ -124,8 +124,9 @@ def _set_metadata(path: Path, values: dict[str, str]) -> None:
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, int8: bool = False, opset: int = DEFAULT_OPSET) -> Path:
-    """Export a checkpoint's encoder (anything `load_checkpoint` reads) to `out`."""
-    from .checkpoint import build_encoder, load_checkpoint
+    """Export a checkpoint's encoder (anything `sources.load_checkpoint` reads) to `out`."""
+    from .checkpoint import build_encoder
+    from .sources import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     return export_encoder(build_encoder(ckpt), ckpt.config, out, int8=int8, opset=opset)

@@ -12,7 +12,19 @@ Sources:
 - Audio-MAE (kind "audiomae-file"): the two files the README of
   github.com/facebookresearch/AudioMAE links under "Checkpoints" (Google Drive, one file
   each): the AS-2M pre-trained ViT-B (`pretrained.pth`, with its Swin decoder) and the
-  AS-2M fine-tuned one (`finetuned.pth`, encoder and classifier; HEAR uses its last block).
+  AS-2M fine-tuned one (`finetuned.pth`, encoder and AudioSet classifier: `tag` uses both,
+  HEAR the last block).
+
+- A copy in our Hugging Face Hub layout (`hub_repo` set; see docs/checkpoints.md): a model we
+  converted and published with `hear-mwmae push-to-hub`, pinned to a commit (`hub_revision`)
+  and the sha256 of its `model.safetensors` (`hub_sha256`). When a released name has one,
+  `fetch` takes it through `huggingface_hub` (its cache) instead of the authors' files
+  (`from_authors=True`, `hear-mwmae fetch --from-authors`, converts the originals instead).
+  No released name points at one yet.
+
+Licences (`ReleasedModel.license`, SPDX ids; shown by `fetch --list`, `info` and model cards):
+the MW-MAE release (code and weights) is Apache-2.0; the Audio-MAE repository and its weights
+are CC-BY-NC-4.0, non-commercial. A fetched model carries its licence in its provenance.
 
 Cache: `cache_dir()` = the argument, else $HEAR_MWMAE_CACHE, else
 $XDG_CACHE_HOME/hear-mwmae, else ~/.cache/hear-mwmae. A fetched model is two files:
@@ -36,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .checkpoint import CheckpointError, save_checkpoint
 from .config import ModelConfig
 from .files import atomic_write, sha256_file
 
@@ -71,6 +84,11 @@ class ReleasedModel:
     drive_file_id: str = ""  # audiomae-file
     file_name: str = ""  # audiomae-file: the name the authors' scripts use
     expected: dict[str, Any] = dataclasses.field(default_factory=dict)  # audiomae-file: ModelConfig fields
+    license: str = ""  # SPDX id of the weights' licence ("" = not stated)
+    datasets: tuple[str, ...] = ()  # the data it was trained on (model cards)
+    hub_repo: str = ""  # "owner/name": a copy in our Hub layout, fetched instead of the authors' files
+    hub_revision: str = ""  # the commit of hub_repo to take
+    hub_sha256: str = ""  # sha256 of that commit's model.safetensors
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -82,6 +100,8 @@ class ReleasedModel:
 
     @property
     def source_url(self) -> str:
+        if self.hub_repo:
+            return f"https://huggingface.co/{self.hub_repo}"
         if self.kind == "audiomae-file":
             return f"https://drive.google.com/file/d/{self.drive_file_id}/view"
         return RELEASE_FOLDER
@@ -89,7 +109,13 @@ class ReleasedModel:
     @property
     def source_label(self) -> str:
         """What is downloaded, for messages: the run directory or the file."""
+        if self.hub_repo:
+            return f"{self.hub_repo}@{self.hub_revision or 'main'}"
         return self.file_name if self.kind == "audiomae-file" else self.run_dir
+
+    def authors_only(self) -> "ReleasedModel":
+        """This model without its Hub copy: `fetch` converts the authors' files."""
+        return dataclasses.replace(self, hub_repo="", hub_revision="", hub_sha256="")
 
     def expected_fields(self) -> dict[str, Any]:
         """Model config fields (name -> value) the converted checkpoint must have."""
@@ -110,14 +136,14 @@ MODELS: dict[str, ReleasedModel] = {m.name: m for m in (
         run_dir="mwmae_base_200_4x16_8x128_default_bfloat16_run1",
         release_model={"arch": "mae_base", "type": "mae", "num_classes": 1000, "model_args": {
             **_ARGS, "window_sizes": 0, "decoder_window_sizes": [2, 5, 10, 25, 50, 125, 0, 0]}},
-        hear_config="hear_configs/mwmae_base_200_4x16_384d-8h-4l.py",
+        hear_config="hear_configs/mwmae_base_200_4x16_384d-8h-4l.py", license="Apache-2.0", datasets=("AudioSet",),
         notes="the paper's MW-MAE: ViT-B encoder (768-d, 12 blocks), no CLS token, 4-layer 384-d "
               "multi-window decoder; 3840-d embeddings per 40 ms"),
     ReleasedModel(
         name="mae-base-4x16", title="MAE-B-4x16 (standard decoder)",
         run_dir="mae_base_200_4x16_8x128_default_run1",
         release_model={"arch": "mae_base", "type": "mae", "num_classes": 1000, "model_args": dict(_ARGS)},
-        hear_config="hear_configs/mae_base_200_4x16_384d-8h-4l.py",
+        hear_config="hear_configs/mae_base_200_4x16_384d-8h-4l.py", license="Apache-2.0", datasets=("AudioSet",),
         notes="the paper's MAE baseline: same encoder with a CLS token (dropped from the embeddings), "
               "4-layer 384-d plain-attention decoder; 3840-d embeddings per 40 ms"),
     ReleasedModel(
@@ -125,14 +151,15 @@ MODELS: dict[str, ReleasedModel] = {m.name: m for m in (
         drive_file_id="1ni_DV4dRf7GxM8k-Eirx71WP9Gg89wwu", file_name="pretrained.pth",
         expected={**_AUDIOMAE_B, "final_norm": True, "decoder_kind": "swin", "decoder_embed_dim": 512,
                   "decoder_depth": 16, "decoder_num_heads": 16},
+        license="CC-BY-NC-4.0", datasets=("AudioSet",),
         notes="Audio-MAE as released: ViT-B on 1024 x 128 Kaldi fbank, 16 x 16 patches, CLS token, 16-block "
               "Swin decoder; 6144-d embeddings per 160 ms"),
     ReleasedModel(
         name="audiomae-base-as2m-ft", title="Audio-MAE ViT-B, AS-2M pre-trained + fine-tuned on AS-2M",
         kind="audiomae-file", drive_file_id="18EsFOyZYvBYHkJ7_n7JFFWbj6crz01gq", file_name="finetuned.pth",
-        expected={**_AUDIOMAE_B, "final_norm": False},
-        notes="the fine-tuned encoder (its classifier is not used): the last block's tokens, no final norm; "
-              "6144-d embeddings per 160 ms"),
+        expected={**_AUDIOMAE_B, "final_norm": False}, license="CC-BY-NC-4.0", datasets=("AudioSet",),
+        notes="the fine-tuned encoder and its classifier of AudioSet's 527 classes (hear-mwmae tag); HEAR "
+              "embeddings: the last block's tokens, no final norm, 6144-d per 160 ms"),
 )}
 DEFAULT = "mwmae-base-4x16-4l"
 
@@ -188,8 +215,6 @@ def read_record(name: str, root: str | Path | None = None) -> dict[str, Any] | N
 def cached_file(name: str, root: str | Path | None = None, *, verify: bool = True) -> Path:
     """The fetched checkpoint of `name`, hash-checked; FileNotFoundError with the fetch command
     when it has not been fetched (or the fetch never finished)."""
-    from .checkpoint import CheckpointError
-
     model = get(name)
     root = cache_dir(root)
     path, record = root / model.filename, read_record(name, root)
@@ -205,6 +230,13 @@ def cached_file(name: str, root: str | Path | None = None, *, verify: bool = Tru
     return path
 
 
+def describe_license(spdx: str | None) -> str:
+    """A licence id for people: "CC-BY-NC-4.0 (non-commercial)", "Apache-2.0", or "not stated"."""
+    if not spdx:
+        return "not stated"
+    return f"{spdx} (non-commercial)" if "-nc" in spdx.lower() else spdx
+
+
 # ----------------------------------------------------------------------------- downloading
 Downloader = Callable[[ReleasedModel, Path], Path]
 
@@ -216,8 +248,34 @@ def _gdown() -> Any:
     try:
         import gdown
     except ImportError as exc:
-        raise FetchError(f"downloading needs gdown: {GDOWN_HINT}; or download by hand (weights/README.md)") from exc
+        raise FetchError(f"downloading needs gdown: {GDOWN_HINT}") from exc
     return gdown
+
+
+def by_hand(model: ReleasedModel) -> str:
+    """How to fetch `model` without gdown or without a network here: the manual route, for messages."""
+    if model.kind == "audiomae-file":
+        what = f"download {model.file_name} from {model.source_url} (in a browser, on any machine)"
+        then = f"PATH/{model.file_name}"
+    else:
+        what = (f"download the folder {model.run_dir} (its config.json and newest checkpoint_<step>) from "
+                f"{RELEASE_FOLDER} (in a browser, on any machine)")
+        then = f"PATH/{model.run_dir}"
+    return f"to fetch it by hand: {what}, then run `hear-mwmae fetch {model.name} --from {then}`"
+
+
+def from_local_copy(path: str | Path) -> Downloader:
+    """A downloader for `fetch` that takes a copy the user downloaded by hand (see `by_hand`):
+    the MW-MAE run directory or the Audio-MAE file, used where it is (never moved)."""
+    source = Path(path).expanduser().absolute()
+
+    def local(model: ReleasedModel, dest: Path) -> Path:
+        if not source.exists():
+            raise FetchError(f"--from {source}: no such file or directory")
+        return source
+
+    local.local_copy = str(source)  # type: ignore[attr-defined]  (recorded by fetch)
+    return local
 
 
 def gdown_download(model: ReleasedModel, dest: Path) -> Path:
@@ -227,21 +285,43 @@ def gdown_download(model: ReleasedModel, dest: Path) -> Path:
     orbax directory with its files) of the run directory, from the release's Drive folder,
     into `dest/<run_dir>/` (returned). audiomae-file: the one file, as `dest/<file_name>`.
     """
+    try:
+        return _gdown_download(model, dest)
+    except FetchError as exc:
+        raise FetchError(f"{exc}; {by_hand(model)}") from exc
+
+
+def _failed(what: str, exc: BaseException | None) -> FetchError:
+    """A download that did not happen, in one line (requests' errors run over several)."""
+    if exc is None:
+        return FetchError(f"{what} failed (gdown got nothing: offline, or the file moved?)")
+    detail = " ".join(str(exc).split())
+    host = re.search(r"host='([^']+)'", detail)
+    if host and ("NameResolution" in detail or "Failed to resolve" in detail or "Max retries" in detail):
+        return FetchError(f"{what} failed: no network ({type(exc).__name__}: cannot reach {host[1]})")
+    return FetchError(f"{what} failed ({type(exc).__name__}: {detail[:300]})")
+
+
+def _gdown_download(model: ReleasedModel, dest: Path) -> Path:
     gdown = _gdown()
     if model.kind == "audiomae-file":
         path = dest / model.file_name
         dest.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s (%s)", model.file_name, model.source_url)
-        if not gdown.download(id=model.drive_file_id, output=str(path), quiet=False):
-            raise FetchError(f"download of {model.source_url} failed (offline, or the file moved?)")
+        try:
+            done = gdown.download(id=model.drive_file_id, output=str(path), quiet=False)
+        except Exception as exc:  # gdown raises its own types per version, requests' for the network
+            raise _failed(f"download of {model.source_url}", exc) from exc
+        if not done:
+            raise _failed(f"download of {model.source_url}", None)
         return path
     try:  # list the folder only; then fetch what we need (older checkpoints are as large as the newest)
         listing = gdown.download_folder(url=RELEASE_FOLDER, output=str(dest) + os.sep, quiet=True,
                                         skip_download=True)
-    except Exception as exc:  # gdown raises its own types per version
-        raise FetchError(f"could not list {RELEASE_FOLDER}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise _failed(f"listing {RELEASE_FOLDER}", exc) from exc
     if not listing:
-        raise FetchError(f"could not list {RELEASE_FOLDER} (gdown returned nothing; offline, or the folder moved?)")
+        raise _failed(f"listing {RELEASE_FOLDER}", None)
     inside = []  # (path inside the run directory, entry)
     for entry in listing:
         parts = Path(entry.path).parts
@@ -258,9 +338,51 @@ def gdown_download(model: ReleasedModel, dest: Path) -> Path:
     for rel, entry in chosen:
         (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s/%s", model.run_dir, rel.as_posix())
-        if not gdown.download(id=entry.id, output=str(run_dir / rel), quiet=False):
-            raise FetchError(f"download of {entry.path} from {RELEASE_FOLDER} failed")
+        try:
+            done = gdown.download(id=entry.id, output=str(run_dir / rel), quiet=False)
+        except Exception as exc:
+            raise _failed(f"download of {entry.path} from {RELEASE_FOLDER}", exc) from exc
+        if not done:
+            raise _failed(f"download of {entry.path} from {RELEASE_FOLDER}", None)
     return run_dir
+
+
+HUB_FILES = ("config.json", "model.safetensors")  # what a Hub copy in our layout is loaded from
+
+
+def hub_download(model: ReleasedModel, dest: Path) -> Path:
+    """The model's Hub copy (`hub_repo` at `hub_revision`: config.json + model.safetensors)
+    through huggingface_hub's own cache (`HF_HUB_OFFLINE=1` honoured); `dest` is not used."""
+    try:
+        import huggingface_hub
+    except ImportError as exc:
+        raise FetchError("fetching from the Hugging Face Hub needs huggingface_hub: "
+                         "pip install 'hear-mwmae[hub]'") from exc
+    log.info("downloading %s from the Hugging Face Hub", model.source_label)
+    try:
+        return Path(huggingface_hub.snapshot_download(model.hub_repo, revision=model.hub_revision or None,
+                                                      allow_patterns=list(HUB_FILES)))
+    except Exception as exc:  # network, authorisation, missing revision: one line
+        raise FetchError(f"could not download {model.source_label} from the Hugging Face Hub "
+                         f"({type(exc).__name__}: {exc}); `hear-mwmae fetch --from-authors {model.name}` "
+                         "converts the authors' files instead") from exc
+
+
+def _hub_copy(folder: Path, model: ReleasedModel) -> tuple[Any, dict[str, str]]:
+    """A downloaded Hub copy: (its checkpoint, the sha256 of its files), its weights checked
+    against the pinned `hub_sha256`."""
+    from .checkpoint import load_checkpoint
+
+    sources = {f: sha256_file(folder / f) for f in HUB_FILES if (folder / f).is_file()}
+    if len(sources) != len(HUB_FILES):
+        raise FetchError(f"{model.source_label}: expected {' and '.join(HUB_FILES)}, found {sorted(sources)}")
+    if model.hub_sha256 and sources["model.safetensors"] != model.hub_sha256.lower():
+        raise FetchError(f"{model.source_label}: model.safetensors has sha256 {sources['model.safetensors']}, "
+                         f"the registry pins {model.hub_sha256}")
+    try:
+        return load_checkpoint(folder), sources
+    except (CheckpointError, OSError) as exc:
+        raise FetchError(f"{model.source_label}: {exc}") from exc
 
 
 def _check_layout(source: Path, model: ReleasedModel) -> tuple[Path | None, Path]:
@@ -298,21 +420,22 @@ def _config_difference(actual: ModelConfig, model: ReleasedModel) -> list[str]:
 
 
 def fetch(name: str, root: str | Path | None = None, *, force: bool = False, keep_source: bool = False,
-          downloader: Downloader | None = None) -> dict[str, Any]:
+          downloader: Downloader | None = None, from_authors: bool = False) -> dict[str, Any]:
     """Download, convert and cache a released model (see the module docstring). Returns its record.
 
     Already fetched (and intact): returns the record without downloading, unless `force`.
-    `downloader(model, dest) -> run_dir` replaces the gdown download (tests, mirrors).
+    `downloader(model, dest) -> run_dir` replaces the gdown download (tests, mirrors), or the
+    Hub download of a model with a Hub copy (then it returns the copy's folder).
     `keep_source` keeps the downloaded run directory as `NAME-source/` in the cache.
+    `from_authors`: convert the authors' files even when the model has a Hub copy.
     """
     from filelock import FileLock, Timeout
 
-    from .checkpoint import save_checkpoint
     from .convert import convert_source
 
     if name not in MODELS:
         raise FetchError(f"unknown model {name!r}; the released models are: {', '.join(names())}")
-    model = MODELS[name]
+    model = MODELS[name].authors_only() if from_authors else MODELS[name]
     root = cache_dir(root)
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / f".{name}.lock"))
@@ -336,29 +459,41 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False, kee
         work = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.partial-"))
         try:
             start = time.perf_counter()
-            downloaded = (downloader or gdown_download)(model, work / "download")
-            config_file, ckpt_file = _check_layout(downloaded, model)
-            sources = _source_hashes(config_file, ckpt_file)
-            converted = convert_source(downloaded, checkpoint=ckpt_file) if config_file else convert_source(ckpt_file)
+            downloaded = (downloader or (hub_download if model.hub_repo else gdown_download))(model, work / "download")
+            if model.hub_repo:  # our layout, converted before: checked and loaded
+                converted, sources = _hub_copy(downloaded, model)
+            else:
+                config_file, ckpt_file = _check_layout(downloaded, model)
+                sources = _source_hashes(config_file, ckpt_file)
+                converted = (convert_source(downloaded, checkpoint=ckpt_file) if config_file
+                             else convert_source(ckpt_file))
             diff = _config_difference(converted.config.model, model)
             if diff:
                 raise FetchError(f"{model.source_label} does not hold {model.title}: " + "; ".join(diff))
             provenance = {**converted.provenance, "registry_name": name, "source_url": model.source_url,
-                          "source_run_dir": model.source_label}
+                          "source_run_dir": model.source_label, **({"license": model.license} if model.license else {})}
             staged = save_checkpoint(work / model.filename, converted.config, converted.state_dict,
-                                     provenance=provenance)
+                                     provenance=provenance, encoder_only=converted.encoder_only)
             record = {"name": name, "title": model.title, "file": model.filename, "sha256": sha256_file(staged),
                       "source_url": model.source_url,
                       "source_repo": AUDIOMAE_REPO if model.kind == "audiomae-file" else RELEASE_REPO,
                       "run_dir": model.source_label,
                       "source_files": sources, "step": converted.provenance.get("step"),
                       "converter_version": converted.provenance.get("converter_version"),
+                      "license": model.license or None, "hub_repo": model.hub_repo or None,
                       "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "seconds": round(time.perf_counter() - start, 1)}
-            if keep_source:
+            if getattr(downloader, "local_copy", None):
+                record["from_local_copy"] = downloader.local_copy  # type: ignore[union-attr]
+            if keep_source and model.hub_repo:  # the Hub's cache keeps it
+                record["source_dir"] = str(downloaded)
+            elif keep_source:
                 kept = root / f"{name}-source"
                 shutil.rmtree(kept, ignore_errors=True)
-                os.replace(downloaded, kept)
+                if work in downloaded.parents:
+                    os.replace(downloaded, kept)
+                else:  # a copy the user gave (--from): theirs stays where it is
+                    (shutil.copytree if downloaded.is_dir() else shutil.copy2)(downloaded, kept)
                 record["source_dir"] = str(kept)
             record_path(name, root).unlink(missing_ok=True)  # not "done" until the new record is in place
             os.replace(staged, root / model.filename)
@@ -371,5 +506,6 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False, kee
         lock.release()
 
 
-__all__ = ["AUDIOMAE_REPO", "CACHE_ENV", "DEFAULT", "KINDS", "MODELS", "RELEASE_FOLDER", "FetchError", "ReleasedModel", "cache_dir",
-           "cached_file", "fetch", "gdown_download", "get", "is_name", "names", "read_record"]
+__all__ = ["AUDIOMAE_REPO", "CACHE_ENV", "DEFAULT", "KINDS", "MODELS", "RELEASE_FOLDER", "FetchError", "ReleasedModel",
+           "by_hand", "cache_dir", "cached_file", "describe_license", "fetch", "from_local_copy", "gdown_download", "get",
+           "hub_download", "is_name", "names", "read_record"]

@@ -165,7 +165,8 @@ def validate_audio(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 class MWMAERuntime(nn.Module):
-    """The nn.Module HEAR hands around: frontend + frozen encoder + batching policy (either family).
+    """The nn.Module HEAR hands around: frontend + frozen encoder + batching policy (either family),
+    and for a fine-tuned model its classifier (`classifier`, used by `logits` only).
 
     precision: "fp32"; "bf16" / "fp16" (autocast, except fused bf16 on the CPU); "int8" (CPU
     only: the blocks' linear layers quantised once, here, by `quantize.quantize_encoder`, the
@@ -181,7 +182,7 @@ class MWMAERuntime(nn.Module):
 
     def __init__(self, encoder: Encoder, config: MWMAEConfig, device: str | torch.device | None = None,
                  precision: str = "fp32", max_chunks_per_batch: int | None = None, compile: bool = False,
-                 fuse: bool | None = None) -> None:
+                 fuse: bool | None = None, classifier: nn.Module | None = None) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -194,6 +195,9 @@ class MWMAERuntime(nn.Module):
         self.chunks_per_batch_option = None if max_chunks_per_batch is None else int(max_chunks_per_batch)
         self.frontend = build_frontend(config.frontend)
         self.encoder = encoder.eval().requires_grad_(False)
+        if (classifier is None) != (config.head is None):
+            raise ValueError("pass the classifier exactly when the config has a head")
+        self.classifier = None if classifier is None else classifier.eval().requires_grad_(False)
         self.scene_embedding_size = int(config.model.embedding_size)
         self.timestamp_embedding_size = int(config.model.embedding_size)
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,14 +226,21 @@ class MWMAERuntime(nn.Module):
         self._features = self.encoder.forward_features
         if self.compiled:
             self._features = torch.compile(self.encoder.forward_features)
-        if precision == "int8":
+        self._logits = self._chunk_logits
+        if precision == "int8":  # a chunk's result never depends on the micro-batch
             from .quantize import chunk_by_chunk
 
-            self._features = chunk_by_chunk(self._features)  # a chunk's result never depends on the micro-batch
+            self._features = chunk_by_chunk(self._features)
+            self._logits = chunk_by_chunk(self._chunk_logits)
 
     @property
     def device(self) -> torch.device:
         return self.encoder.pos_embed.device
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The classifier's class names in output order; None for a model without a classifier."""
+        return None if self.config.head is None else list(self.config.head.labels)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision not in AUTOCAST or self.fused:  # fused bf16: the layers hold bf16 weights
@@ -254,14 +265,58 @@ class MWMAERuntime(nn.Module):
                  for i in range(0, audio.shape[0], per_pass)]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _encode_chunks(self, chunks: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-        """(M, chunk, F) -> yields (first row, (m, steps_per_chunk, D) float32) per micro-batch."""
+    def _chunks(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, N) checked audio -> (B * C, chunk, F) normalised chunks, clip-major: each clip's
+        spectrogram extended to whole chunks the frontend's way (no chunk of padding only)."""
+        chunk = self.config.chunk_frames
+        mel = self._frontend(audio)  # (B, T, F)
+        padded = self.frontend.pad_frames(mel, num_chunks(mel.shape[1], chunk) * chunk)
+        return padded.reshape(-1, chunk, mel.shape[-1])
+
+    def _encode_chunks(self, chunks: torch.Tensor, fn: Any = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(M, chunk, F) -> yields (first row, fn(micro-batch) as float32) per micro-batch;
+        `fn` defaults to the encoder's features, (m, steps_per_chunk, D)."""
+        fn = fn or self._features
         for i in range(0, chunks.shape[0], self.max_chunks_per_batch):
             part = chunks[i:i + self.max_chunks_per_batch]
             if self.compiled:
                 torch._dynamo.maybe_mark_dynamic(part, 0)  # one graph for every micro-batch size
             with self._autocast():
-                yield i, self._features(part).float()
+                yield i, fn(part).float()
+
+    def _chunk_logits(self, chunks: torch.Tensor) -> torch.Tensor:
+        """(m, chunk, F) -> (m, num_classes): the classifier (float32) on each chunk's tokens."""
+        return self.classifier(self.encoder.forward_tokens(chunks).float())
+
+    @torch.inference_mode()
+    def logits(self, audio: torch.Tensor, per_chunk: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, N) -> (logits, chunk centres), float32 on the device.
+
+        Each chunk of a clip (the same chunks as `embed`) gets the classifier's logits; the
+        clip's logits are their mean: (B, num_classes). A clip of at most one chunk (10.24 s for
+        Audio-MAE) gives exactly the authors' model output. With `per_chunk`: (B, C, num_classes)
+        and the centre of each chunk's real frames in ms (B, C); else the centres are (B, 0).
+        Raises `classifier.NoClassifierError` for a model without a classifier.
+        """
+        from .checkpoint import NO_HEAD
+        from .classifier import NoClassifierError
+
+        if self.classifier is None:
+            raise NoClassifierError(NO_HEAD)
+        audio = validate_audio(audio)
+        b, classes = audio.shape[0], self.config.head.num_classes
+        num_frames = self.frontend.num_frames(audio.shape[1]) if b else 0
+        c = num_chunks(num_frames, self.config.chunk_frames)
+        start = torch.arange(c, dtype=torch.float64) * self.config.chunk_frames
+        end = torch.clamp(start + self.config.chunk_frames, max=max(num_frames, 1))  # real frames of each chunk
+        centres = (self.frontend.first_frame_ms + (start + end - 1) / 2 * self.frontend.hop_ms).float()
+        centres = centres.to(self.device).expand(b, -1).clone()
+        out = torch.empty(b * c, classes, device=self.device)
+        if b:
+            for first_row, part in self._encode_chunks(self._chunks(audio), self._logits):
+                out[first_row:first_row + part.shape[0]] = part
+        out = out.view(b, c, classes)
+        return (out, centres) if per_chunk else (out.mean(dim=1), centres[:, :0])
 
     @torch.inference_mode()
     def embed(self, audio: torch.Tensor, scene_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +327,7 @@ class MWMAERuntime(nn.Module):
         """
         audio = validate_audio(audio)
         cfg = self.config
-        chunk_frames, frames_per_step = cfg.chunk_frames, cfg.frames_per_step
+        frames_per_step = cfg.frames_per_step
         steps_per_chunk, dim = cfg.model.grid_size[0], self.timestamp_embedding_size
         b, n = audio.shape
         num_frames = self.frontend.num_frames(n)
@@ -283,9 +338,7 @@ class MWMAERuntime(nn.Module):
         if b == 0:
             return (out, stamps[:, :0]) if scene_only else (out, stamps)
 
-        mel = self._frontend(audio)  # (B, T, F)
-        padded = self.frontend.pad_frames(mel, num_chunks(num_frames, chunk_frames) * chunk_frames)
-        chunks = padded.reshape(-1, chunk_frames, mel.shape[-1])  # (B * C, chunk, F), clip-major
+        chunks = self._chunks(audio)  # (B * C, chunk, F), clip-major
         padded_steps = chunks.shape[0] // b * steps_per_chunk  # per clip, before trimming
         for first_row, part in self._encode_chunks(chunks):
             flat = part.reshape(-1, dim)  # consecutive padded steps of consecutive clips

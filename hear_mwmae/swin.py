@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .model import SHIFT_PENALTY, Mlp
+from .layers import SHIFT_PENALTY, Mlp
 
 META_HIDDEN = 384  # width of the relative-position MLP (fixed in the authors' code)
 META_DROPOUT = 0.1  # its dropout, active in training mode only (as in the authors' pre-training)

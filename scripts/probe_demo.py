@@ -26,44 +26,13 @@ import torch
 
 import hear_mwmae
 from hear_mwmae.checkpoint import load_checkpoint, save_checkpoint
+from hear_mwmae.finetune.probe import accuracy, fit_logreg
 from hear_mwmae.frontend import LogMelFrontend
 from hear_mwmae.model import MWMAE
 from hear_mwmae.pretrain.synth import KINDS, make_clip
 
 log = logging.getLogger("probe_demo")
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
-
-
-def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float) -> torch.Tensor:
-    """Softmax regression on standardised features; returns weights (D + 1, C).
-
-    Runs single-threaded: for problems this small, threads only add overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _fit_logreg(x, y, n_classes, l2)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float) -> torch.Tensor:
-    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    w = torch.zeros(xb.shape[1], n_classes, dtype=x.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=300, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xb @ w, y) + l2 * (w[:-1] ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach()
-
-
-def accuracy(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    return float(((xb @ w).argmax(1) == y).double().mean())
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # this script's published numbers used this grid
 
 
 def probe(features: np.ndarray, labels: np.ndarray, seed: int) -> float:

@@ -77,7 +77,17 @@ KEEP: dict[str, tuple[str, ...]] = {
         *(f"wav0_chirp_noise_2s.hear_{k}" for k in ("timestamp_embeddings", "scene_embeddings", "timestamps")),
         *AM_DECODER,
     ),
+    # the fine-tuned classifier: outputs on the four clips, and one step of the authors' fine-tuning
+    # (every gradient and every parameter after it: the `ft_grads/*`, `ft_params_after_step/*` entries)
+    "audiomae_ft_tiny": (
+        *(f"{w}.{k}" for w in ("wav0_chirp_noise_2s", "wav1_tones_dc_10p24s", "wav2_bursts_12p7s", "wav3_clicks_0p5s")
+          for k in ("logits", "pooled")),
+        "wav0_chirp_noise_2s.encoder_tokens", "wav3_clicks_0p5s.fbank_norm",
+        "ft_noise_t", "ft_noise_f", "ft_targets", "ft_loss", "ft_logits_masked", "ft_grads/*", "ft_params_after_step/*",
+    ),
 }
+FT_STEP_NPZ = ("ft_grads", "ft_params_after_step")  # per-parameter arrays of the fine-tuning step
+FT_JSON = ("ft_param_groups.json", "ft_param_groups_vit_b.json")
 ANALYSES_JSON = ("attention/expected.json", "pwcca/results.json", "paper/paper_tables.json",
                  "paper/overall_score_fit.json")
 AUDIOMAE_IMG_SIZE = (1024, 128)  # main_pretrain's audio input (frames, mel bins): patch grid (128/p, 1024/p)
@@ -162,11 +172,22 @@ class Bundle:
         return (out / f"{name}.npz").stat().st_size + (out / f"{name}.json").stat().st_size
 
 
+def golden_copy(bundle: Bundle, key: str) -> np.ndarray:
+    """An array already added to `bundle` (stored, not derived), as the reader will return it."""
+    dtype, shape, shuffled = bundle.manifest[key]
+    stored = bundle.arrays[key.replace("/", "__")]
+    return golden.unshuffle(stored, dtype, shape) if shuffled else stored.reshape(shape)
+
+
 def _packed_size(value: np.ndarray) -> int:
     return len(zlib.compress(_shuffle(np.ascontiguousarray(value))[0].tobytes(), 9))
 
 
 def load_reference(fixtures: Path, fixture: str, key: str) -> np.ndarray:
+    group, _, param = key.partition("/")
+    if group in FT_STEP_NPZ:
+        with np.load(fixtures / fixture / f"{group}.npz") as arrays:
+            return arrays[param]
     if key.endswith("_every4"):
         return np.load(fixtures / fixture / f"{key[:-len('_every4')]}.npy")[:, ::4]
     return np.load(fixtures / fixture / f"{key}.npy")
@@ -247,21 +268,28 @@ def audiomae_checkpoint(bundle: Bundle, fixture_dir: Path) -> dict[str, Any]:
     (ckpt,) = sorted((fixture_dir / "ckpt").glob("checkpoint-*.pth"))
     with torch.serialization.safe_globals([argparse.Namespace]):
         obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    init_seed = json.loads((fixture_dir / "meta.json").read_text())["init_seed"]
+    meta = json.loads((fixture_dir / "meta.json").read_text())
+    init_seed = meta["init_seed"]
     seed, scales = perturbation(fixture_dir)
     model = {k: v.numpy() for k, v in obj["model"].items()}
     patch = model["patch_embed.proj.weight"].shape[-1]
     grid = [AUDIOMAE_IMG_SIZE[1] // patch, AUDIOMAE_IMG_SIZE[0] // patch]
     params = {k: [list(v.shape), scales[k]] for k, v in model.items()}
-    replayed = replay.audiomae_state_dict({k: v.shape for k, v in model.items()}, init_seed, seed, scales,
-                                          tuple(grid))
-    for key, value in model.items():
-        bundle.derive(f"ckpt/{key}", value, {"recipe": "checkpoint", "param": key}, replayed[key])
+    if meta["spec"]["kind"] == "finetune":  # a models_vit classifier: replay.py regenerates pre-training MAEs only
+        for key, value in model.items():
+            bundle.add(f"ckpt/{key}", value)
+        replay_spec = None
+    else:
+        replayed = replay.audiomae_state_dict({k: v.shape for k, v in model.items()}, init_seed, seed, scales,
+                                              tuple(grid))
+        for key, value in model.items():
+            bundle.derive(f"ckpt/{key}", value, {"recipe": "checkpoint", "param": key}, replayed[key])
+        replay_spec = {"kind": "audiomae", "init_seed": init_seed, "perturb_seed": seed, "grid": grid,
+                       "params": params}
     return {"layout": "audiomae", "file": ckpt.name, "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
             "top_level_keys": list(obj), "model_keys": list(obj["model"]), "optimizer": tagged(obj["optimizer"]),
             "epoch": obj["epoch"], "scaler": tagged(obj["scaler"]), "args": tagged(vars(obj["args"])),
-            "replay": {"kind": "audiomae", "init_seed": init_seed, "perturb_seed": seed, "grid": grid,
-                       "params": params}}
+            "replay": replay_spec}
 
 
 def rearrangement(key: str, kept: set[str], get: Callable[[str], np.ndarray],
@@ -298,6 +326,10 @@ def references(fixtures: Path) -> dict[str, dict[str, np.ndarray]]:
     for name, keep in KEEP.items():
         refs = out.setdefault(name, {})
         for item in keep:
+            if item.endswith("/*"):  # every array of one of the fine-tuning step's npz files
+                with np.load(fixtures / name / f"{item[:-2]}.npz") as arrays:
+                    refs.update({f"{item[:-2]}/{k}": arrays[k] for k in arrays.files})
+                continue
             fixture, key = item.split("/", 1) if name == "inputs" else (name, item)
             refs[key] = load_reference(fixtures, fixture, key)
     root = fixtures / "analyses"
@@ -346,7 +378,7 @@ def verify(out: Path, originals: dict[str, dict[str, np.ndarray]], fixtures: Pat
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         rebuilt = {name: golden.write_checkpoint(name, Path(tmp) / name)
-                   for name in golden.FLAX_FIXTURES + golden.AUDIOMAE_FIXTURES}
+                   for name in golden.FLAX_FIXTURES + golden.AUDIOMAE_FIXTURES + golden.FINETUNE_FIXTURES}
         seconds = time.perf_counter() - start
         for name, path in rebuilt.items():
             check_checkpoint(name, path, fixtures)
@@ -386,10 +418,13 @@ def main() -> None:
         def get(key: str) -> np.ndarray:
             return refs[key] if key in refs else originals["inputs"][key]
 
+        after_step = {k: v for k, v in refs.items() if k.startswith("ft_params_after_step/")}
         for key, value in refs.items():
             recipe = rearrangement(key, available, get, patch)
             if key == "attention/maps_random":
                 recipe = {"recipe": "random_attention", **RANDOM_MAPS}
+            if key in after_step:
+                continue
             if recipe is None:
                 bundle.add(key, value)
             else:
@@ -399,6 +434,11 @@ def main() -> None:
             extra["checkpoint"] = flax_checkpoint(bundle, fixture_dir)
         elif (fixture_dir / "ckpt").is_dir():
             extra["checkpoint"] = audiomae_checkpoint(bundle, fixture_dir)
+        for key, value in after_step.items():  # the parameter before the step, XOR the bits the step changed
+            source = f"ckpt/{key.partition('/')[2]}"
+            bundle.derive(key, value, {"recipe": "copy", "source": source}, golden_copy(bundle, source), xor=True)
+        if name in golden.FINETUNE_FIXTURES:
+            extra["json"] = {k: json.loads((fixture_dir / k).read_text()) for k in FT_JSON}
         if name == "analyses":
             with np.load(fixture_dir / "attention" / "maps_structured.npz") as structured:
                 extra["structured_head_names"] = [str(n) for n in structured["names"]]
@@ -410,7 +450,7 @@ def main() -> None:
     on_disk = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
     print(f"total {total / 1e6:.2f} MB of bundles; {on_disk / 1e6:.2f} MB of files in {args.out}")
     seconds = verify(args.out, originals, args.fixtures)
-    print(f"verified: every kept array reads back bit for bit; the 5 checkpoints rebuild equal ({seconds:.1f} s)")
+    print(f"verified: every kept array reads back bit for bit; the 6 checkpoints rebuild equal ({seconds:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,15 @@ def assert_fused_and_reference_agree(module: torch.nn.Module, x: torch.Tensor) -
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m hear_mwmae.cli ...` / torchrun child: this checkout first on
+    PYTHONPATH (so the child imports the package under test), plus `extra`."""
+    import os
+
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def max_abs(a, b) -> float:
     a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
     return float(np.abs(a - np.asarray(b)).max())

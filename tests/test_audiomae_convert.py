@@ -221,7 +221,12 @@ def test_finetuned_checkpoint_uses_the_last_blocks_tokens(fixture_checkpoint, co
     assert c.encoder_only and c.config.model.final_norm is False
     assert c.config.model.mask_2d is False and c.config.model.mask_t_prob == 0.7  # the preset's, not fine-tuning's
     assert c.provenance["layout"] == "finetuned"
-    assert c.provenance["dropped_keys"] == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert c.provenance["dropped_keys"] == []  # the classifier is kept, named by AudioSet's 527 classes
+    head = c.config.head
+    assert head.num_classes == 527 and head.multi_label and head.pooling == "mean" and head.label_source == "audioset"
+    assert head.labels[0] == "Speech" and head.label_ids[0] == "/m/09x0r"
+    for ours, theirs in (("classifier.head.weight", "head.weight"), ("classifier.fc_norm.bias", "fc_norm.bias")):
+        assert torch.equal(c.state_dict[ours], model[theirs])
     pre = MWMAE(converted("audiomae_tiny").config.model).eval()
     pre.load_state_dict(converted("audiomae_tiny").state_dict)
     pre.encoder.norm = torch.nn.Identity()
@@ -276,7 +281,12 @@ def test_timm_finetuned_layout_has_no_final_norm(fixture_checkpoint, tmp_path):
            "model_args": {"embed_dim": 192, "depth": 2, "num_heads": 3},
            "pretrained_cfg": {"input_size": [1, 1024, 128]}}
     c = convert_source(timm_dir(tmp_path / "ft", model, "model.safetensors", cfg))
-    assert c.config.model.final_norm is False and c.provenance["dropped_keys"][0] == "fc_norm.bias"
+    assert c.config.model.final_norm is False and c.provenance["dropped_keys"] == []
+    assert c.config.head.num_classes == 527 and c.config.head.labels[137] == "Music"
+    assert torch.equal(c.state_dict["classifier.fc_norm.weight"], model["fc_norm.weight"])
+    cfg["global_pool"] = "token"  # timm's CLS classifier (norm, no fc_norm): not the authors' model
+    with pytest.raises(ConversionError, match="global_pool 'token'"):
+        convert_source(timm_dir(tmp_path / "token", model, "model.safetensors", cfg))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -299,7 +309,7 @@ def test_timm_config_problems(fixture_checkpoint, tmp_path, change, message):
 HUB_SCRIPT = r"""
 import json, sys, torch, numpy as np
 import hear_mwmae
-from hear_mwmae.checkpoint import load_checkpoint
+from hear_mwmae.sources import load_checkpoint
 from hear_mwmae.cli import main
 wave = torch.from_numpy(np.load(sys.argv[1]))[None]
 commit, digest, out = sys.argv[2], sys.argv[3], sys.argv[4]

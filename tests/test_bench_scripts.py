@@ -147,3 +147,34 @@ def test_families_machine_and_ratio_to_onnx_runtime():
     cells = [c.strip() for c in row.split("|")]
     # audio s/s 10, 4x fp32, 1.5x ONNX Runtime, 224 GFLOP/s = 0.50 of the 448 GEMM figure
     assert cells[2:8] == ["10.00", "4.00", "1.50", "224", "448", "0.50"]
+
+
+def test_finetune_bench_reports_training_and_tagging_speed(tmp_path):
+    out = run("finetune_bench.py", "--size", "tiny", "--batch", "2", "--steps", "1", "--classes", "5",
+              "--tag-clips", "1", "--tag-seconds", "2", cwd=tmp_path)
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["family"] for r in rows] == ["mwmae", "audiomae"]
+    for r in rows:
+        assert r["train_clips_per_s"] > 0 and r["tag_audio_s_per_s"] > 0 and r["embed_audio_s_per_s"] > 0
+        assert r["peak_GiB"] > 0 and r["batch"] == 2
+    assert "| mwmae" in out and "train clips/s" in out
+
+
+def test_load_checks_bench_times_both_ways():
+    lb = load_script("load_checks_bench")
+    record = lb.main(["--size", "tiny", "--repeats", "1"])
+    assert record["with_checks_s"] > 0 and record["without_checks_s"] > 0 and record["file_mb"] > 1
+    import hear_mwmae.checkpoint as checkpoint
+    import hear_mwmae.payload_checks as payload_checks
+
+    assert payload_checks.check_state_dict.__module__ == "hear_mwmae.state_checks"  # the checks are restored
+    assert checkpoint._check_parts.__module__ == "hear_mwmae.checkpoint"
+
+
+def test_long_file_bench_reports_both_peaks_and_the_difference(tmp_path):
+    out = run("long_file_bench.py", "--minutes", "0.2", "--threads", "1", "--json", str(tmp_path / "l.json"),
+              cwd=tmp_path)
+    data = json.loads((tmp_path / "l.json").read_text())
+    assert data["embed"]["peak_rss_mib"] > 100 and data["whole"]["peak_rss_mib"] > 100
+    assert data["difference"]["max_abs"] == 0.0  # 12 s: held in memory, the same path
+    assert "peak RSS" in out

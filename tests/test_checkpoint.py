@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import hear_mwmae
-from hear_mwmae.checkpoint import (CheckpointError, build_encoder, build_mwmae, load_checkpoint, resolve,
+from hear_mwmae import sources
+from hear_mwmae.checkpoint import (Checkpoint, CheckpointError, build_encoder, build_mwmae, load_checkpoint,
                                    save_checkpoint)
 from hear_mwmae.files import sha256_file
 
@@ -38,7 +39,7 @@ def test_round_trip(converted, tmp_path, suffix, encoder_only):
 
 def test_pt_file_loads_with_plain_weights_only_torch_load(tiny_checkpoint):
     obj = torch.load(tiny_checkpoint, weights_only=True)
-    assert obj["format"] == "hear-mwmae" and obj["format_version"] == 2
+    assert obj["format"] == "hear-mwmae" and obj["format_version"] == 3
     assert obj["config"]["model"]["embed_dim"] == 192
     assert obj["config"]["model"]["family"] == "mwmae" and obj["config"]["frontend"]["kind"] == "logmel"
 
@@ -54,9 +55,11 @@ def test_format_1_files_are_migrated(tiny_checkpoint, tmp_path):
     assert ckpt.config == new.config and ckpt.provenance["migrated_from_format"] == 1
     demo = load_checkpoint(REPO / "weights" / "demo-tiny.pt")  # committed in format 1
     assert demo.config.family == "mwmae" and demo.provenance.get("migrated_from_format") == 1
-    torch.save(dict(obj, format_version=3), tmp_path / "v3.pt")
-    with pytest.raises(CheckpointError, match="format_version 3 unsupported"):
-        load_checkpoint(tmp_path / "v3.pt")
+    torch.save(dict(obj, format_version=2), tmp_path / "v2.pt")  # format 2: no classifier head
+    assert load_checkpoint(tmp_path / "v2.pt").config == new.config and new.config.head is None
+    torch.save(dict(obj, format_version=4), tmp_path / "v4.pt")
+    with pytest.raises(CheckpointError, match="format_version 4 unsupported"):
+        load_checkpoint(tmp_path / "v4.pt")
 
 
 V1_MODEL_KEYS = {"img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "window_sizes",
@@ -79,8 +82,10 @@ def test_pickled_code_is_refused(tmp_path):
 
 
 def test_missing_file_says_how_to_get_weights(tmp_path):
-    with pytest.raises(FileNotFoundError, match="weights/README.md"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"base.pt: no such file or directory; pass .* a name: demo-tiny \(bundled\), ") as err:
         hear_mwmae.load_model(str(tmp_path / "base.pt"))
+    assert "weights/" not in str(err.value)  # a pip install has no weights/ folder to point to
 
 
 def test_corrupt_and_foreign_files(tmp_path, tiny_checkpoint, fixture_checkpoint):
@@ -103,8 +108,10 @@ def test_weights_that_do_not_match_config_are_rejected(converted, tmp_path):
     state = dict(c.state_dict)
     state["encoder.norm.weight"] = torch.zeros(7)
     path = save_checkpoint(tmp_path / "m.pt", c.config, state)
-    with pytest.raises(CheckpointError, match="do not match its config"):
-        build_encoder(load_checkpoint(path))
+    with pytest.raises(CheckpointError, match=r"disagrees with its weights: shapes 'encoder.norm.weight' \(7,\)"):
+        load_checkpoint(path)  # refused at load, before any module is built
+    with pytest.raises(CheckpointError, match="disagrees with its weights"):
+        build_encoder(Checkpoint(c.config, state))  # and by the builder, for a Checkpoint made by hand
 
 
 def test_run_directory_is_converted_on_the_fly(converted, caplog, fixture_checkpoint):
@@ -115,7 +122,7 @@ def test_run_directory_is_converted_on_the_fly(converted, caplog, fixture_checkp
 
 def test_sha256_pin(tiny_checkpoint):
     digest = sha256_file(tiny_checkpoint)
-    assert resolve(tiny_checkpoint, sha256=digest) == tiny_checkpoint
+    assert sources.resolve(tiny_checkpoint, sha256=digest) == tiny_checkpoint
     with pytest.raises(CheckpointError, match="does not match the pinned"):
         hear_mwmae.load_model(str(tiny_checkpoint), sha256="0" * 64)
 
@@ -144,9 +151,30 @@ def test_hub_reference_resolves_offline_from_the_cache(tiny_checkpoint, tmp_path
     digest = sha256_file(tiny_checkpoint)
     model = hear_mwmae.load_model("hf://someone/mwmae/sub/tiny.pt", device="cpu", sha256=digest)
     assert model.scene_embedding_size == 960
-    with pytest.raises(FileNotFoundError, match="Hugging Face Hub"):
-        load_checkpoint("hf://someone/mwmae/sub/missing.pt")
+    with pytest.raises(FileNotFoundError, match=r"not in the local Hugging Face cache .*`hf download someone/mwmae "
+                       r"sub/missing.pt --local-dir DIR`.* pass DIR/sub/missing.pt instead"):
+        sources.load_checkpoint("hf://someone/mwmae/sub/missing.pt")
     with pytest.raises(FileNotFoundError):
-        load_checkpoint("hf://someone/mwmae/sub/tiny.pt@v2")  # revision not in the cache, offline
+        sources.load_checkpoint("hf://someone/mwmae/sub/tiny.pt@v2")  # revision not in the cache, offline
     with pytest.raises(ValueError, match="bad Hub reference"):
-        load_checkpoint("hf://only-owner")
+        sources.load_checkpoint("hf://only-owner")
+
+
+def _imports(module_file) -> set[str]:
+    """Every package module a source file imports, at the top or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(module_file.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {a.name for a in node.names}
+    return found
+
+
+def test_names_and_the_hub_resolve_above_the_format_and_the_registry():
+    """checkpoint.py (the format) imports neither registry.py nor sources.py; registry.py saves
+    through checkpoint.py and does not resolve; sources.py sits above both. No import circle."""
+    package = REPO / "hear_mwmae"
+    assert not _imports(package / "checkpoint.py") & {"registry", "sources"}
+    assert "sources" not in _imports(package / "registry.py")
+    assert {"registry", "checkpoint"} <= _imports(package / "sources.py")

@@ -113,7 +113,8 @@ def test_corrupt_and_empty_checkpoint(run_dir):
     ({"embed_dim": 96}, "config expects"),
     ({"decoder_window_sizes": [2, 5, 10, 25, 50, 50, 0, 0]}, "config expects"),
     ({"decoder_window_sizes": [2, 5, 10, 25, 50, 125, 0, 10]}, "missing from the checkpoint"),
-    ({"patch_size": [8, 16]}, "config expects"),
+    ({"patch_size": [4, 8]}, "config expects"),
+    ({"patch_size": [8, 16]}, "window 2 does not divide the 125 tokens"),
 ])
 def test_params_that_do_not_match_the_config(run_dir, change, message):
     cfg = release_config(run_dir)

@@ -3,7 +3,6 @@ nothing skipped in silence, locking, failures."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -18,8 +17,10 @@ import torch
 
 import hear_mwmae
 from hear_mwmae import audio as audio_mod
+from hear_mwmae import cli as package_cli
 from hear_mwmae import embed
 from hear_mwmae.audio import read_audio, resample
+from hear_mwmae.embed_plan import canonical, output_names
 from hear_mwmae.checkpoint import save_checkpoint
 from hear_mwmae.embed_index import FolderLock
 from hear_mwmae.files import sha256_file
@@ -44,11 +45,14 @@ def settings(checkpoint) -> dict:
 
 
 def cli(*argv: str | Path) -> int:
-    """Run `hear-mwmae embed ARGV` through `register` as the package CLI would."""
-    parser = argparse.ArgumentParser(prog="hear-mwmae")
-    embed.register(parser.add_subparsers())
-    args = parser.parse_args(["embed", "--no-progress", *map(str, argv)])
-    return args.func(args)
+    """Run `hear-mwmae embed ARGV` (exit code)."""
+    return package_cli.main(["embed", "--no-progress", *map(str, argv)])
+
+
+def out_file(out: Path, source: Path, timestamps: bool = False) -> Path:
+    """Where `embed` writes the embeddings (or timestamps) of `source`."""
+    emb, ts = output_names(canonical(source), "timestamp")
+    return out / (ts if timestamps else emb)
 
 
 def noise(seconds: float, seed: int, channels: int = 1, sr: int = SR) -> np.ndarray:
@@ -145,13 +149,14 @@ def test_timestamp_outputs_match_the_api_and_mirror_paths(tmp_path, checkpoint, 
     assert cli("--model", checkpoint, tmp_path / "in", "--out", tmp_path / "out", "--mode", "timestamp") == 0
     for rel, audio in clips.items():
         emb, ts = hear_mwmae.get_timestamp_embeddings(torch.from_numpy(audio[None]), runtime)
-        stem = tmp_path / "out" / Path(rel).with_suffix("")
-        np.testing.assert_allclose(np.load(f"{stem}.npy"), emb[0].numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_array_equal(np.load(f"{stem}.ts.npy"), ts[0].numpy())
+        source = tmp_path / "in" / rel
+        np.testing.assert_allclose(np.load(out_file(tmp_path / "out", source)), emb[0].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(np.load(out_file(tmp_path / "out", source, True)), ts[0].numpy())
     index = read_index(tmp_path / "out")
     assert set(index) == {"a.wav", "b.wav", "c.flac", "notes.txt"}
     assert index["notes.txt"]["status"] == "skipped: not audio (extension '.txt')"
-    assert index["c.flac"]["output"] == "sub/deeper/c.npy" and index["c.flac"]["timestamps"] == "sub/deeper/c.ts.npy"
+    mirrored = (tmp_path / "in").resolve().relative_to("/").as_posix() + "/sub/deeper/c.flac"
+    assert index["c.flac"]["output"] == f"{mirrored}.npy" and index["c.flac"]["timestamps"] == f"{mirrored}.ts.npy"
     assert index["c.flac"]["status"] == "ok" and index["c.flac"]["duration_s"] == pytest.approx(3.37)
     assert index["c.flac"]["reason"] == "new" and index["c.flac"]["checkpoint_sha256"] == sha256_file(checkpoint)
 
@@ -162,10 +167,12 @@ def test_scene_outputs_match_the_api_including_resampled_files(tmp_path, checkpo
     write(tmp_path / "x16.wav", at16)
     write(tmp_path / "x8.wav", at8, sr=8000)
     assert cli("--model", checkpoint, tmp_path / "x16.wav", tmp_path / "x8.wav", "--out", tmp_path / "out") == 0
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "x16.npy"), scene(runtime, at16), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(out_file(tmp_path / "out", tmp_path / "x16.wav")), scene(runtime, at16),
+                               rtol=1e-4, atol=1e-5)
     resampled = resample(at8, 8000)
     assert resampled.shape == (20000,)
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "x8.npy"), scene(runtime, resampled), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(out_file(tmp_path / "out", tmp_path / "x8.wav")), scene(runtime, resampled),
+                               rtol=1e-4, atol=1e-5)
     index = read_index(tmp_path / "out")
     assert index["x8.wav"]["sample_rate"] == 8000 and index["x8.wav"]["mode"] == "scene"
 
@@ -175,7 +182,7 @@ def test_stereo_is_mixed_down_to_the_mean_of_its_channels(tmp_path, checkpoint, 
     write(tmp_path / "st.wav", stereo)
     assert cli("--model", checkpoint, tmp_path / "st.wav", "--out", tmp_path / "out") == 0
     expected = scene(runtime, stereo.mean(axis=1))
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "st.npy"), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(out_file(tmp_path / "out", tmp_path / "st.wav")), expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(expected, scene(runtime, stereo[:, 0]), atol=1e-3)  # the channels really differ
     assert read_index(tmp_path / "out")["st.wav"]["channels"] == 2
 
@@ -185,20 +192,20 @@ def test_resume_reuses_valid_results_unless_overwrite(tmp_path, checkpoint, runt
     for i in range(3):
         write(tmp_path / "in" / f"f{i}.wav", noise(1.0, 10 + i))
     out = tmp_path / "out"
-    jobs = embed.find_jobs([tmp_path / "in"], "scene").jobs
-    first = embed.embed_files(runtime, jobs, out, settings=settings, progress=False)
+    plan = embed.find_jobs([tmp_path / "in"], "scene")
+    first = embed.embed_files(runtime, plan, out, settings=settings, progress=False)
     assert (first.embedded, first.reused, first.failed) == (3, 0, [])
-    set_mtime(out.glob("*.npy"))  # an old mtime: any rewrite would change it
-    again = embed.embed_files(runtime, jobs, out, settings=settings, progress=False)
+    set_mtime(out.rglob("*.npy"))  # an old mtime: any rewrite would change it
+    again = embed.embed_files(runtime, plan, out, settings=settings, progress=False)
     assert (again.embedded, again.reused) == (0, 3)
-    assert all(p.stat().st_mtime_ns == 1_000_000_000 for p in out.glob("*.npy"))
+    assert all(p.stat().st_mtime_ns == 1_000_000_000 for p in out.rglob("*.npy"))
 
-    (out / "f1.npy").unlink()  # a lost output is redone, the others are not
-    assert embed.embed_files(runtime, jobs, out, settings=settings, progress=False).embedded == 1
-    assert (out / "f0.npy").stat().st_mtime_ns == 1_000_000_000
+    out_file(out, tmp_path / "in" / "f1.wav").unlink()  # a lost output is redone, the others are not
+    assert embed.embed_files(runtime, plan, out, settings=settings, progress=False).embedded == 1
+    assert out_file(out, tmp_path / "in" / "f0.wav").stat().st_mtime_ns == 1_000_000_000
     assert read_index(out)["f1.wav"]["reason"] == "output missing"
     assert cli("--model", checkpoint, tmp_path / "in", "--out", out, "--overwrite") == 0
-    assert all(p.stat().st_mtime_ns != 1_000_000_000 for p in out.glob("*.npy"))
+    assert all(p.stat().st_mtime_ns != 1_000_000_000 for p in out.rglob("*.npy"))
     assert {r["reason"] for r in read_index(out).values()} == {"--overwrite"}
     assert len((out / "index.jsonl").read_text().splitlines()) == 3  # compacted: one line per output
 
@@ -211,13 +218,13 @@ def test_a_changed_input_is_embedded_again_and_the_index_says_why(tmp_path, chec
     assert cli("--model", checkpoint, src, "--out", out) == 0
     record = read_index(out)["a.wav"]
     assert record["reason"].startswith("input changed: size") and record["duration_s"] == pytest.approx(1.0)
-    np.testing.assert_allclose(np.load(out / "a.npy"), scene(runtime, new_audio), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(out_file(out, src)), scene(runtime, new_audio), rtol=1e-4, atol=1e-5)
 
     same_size = write(src, noise(1.0, 3))  # same size, other samples: the modification time tells
     set_mtime([src], 2_000_000_000)
     assert cli("--model", checkpoint, src, "--out", out) == 0
     assert read_index(out)["a.wav"]["reason"] == "input changed: modification time differs"
-    np.testing.assert_allclose(np.load(out / "a.npy"), scene(runtime, same_size), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(out_file(out, src)), scene(runtime, same_size), rtol=1e-4, atol=1e-5)
 
 
 def test_hash_inputs_reuses_a_touched_file_and_redoes_a_rewritten_one(tmp_path, checkpoint):
@@ -225,10 +232,10 @@ def test_hash_inputs_reuses_a_touched_file_and_redoes_a_rewritten_one(tmp_path, 
     write(src, noise(1.0, 1))
     assert cli("--model", checkpoint, src, "--out", out, "--hash-inputs") == 0
     assert read_index(out)["a.wav"]["input_sha256"] == sha256_file(src)
-    set_mtime(out.glob("*.npy"))
+    set_mtime(out.rglob("*.npy"))
     set_mtime([src], 3_000_000_000)  # touched only
     assert cli("--model", checkpoint, src, "--out", out, "--hash-inputs") == 0
-    assert (out / "a.npy").stat().st_mtime_ns == 1_000_000_000  # reused
+    assert out_file(out, src).stat().st_mtime_ns == 1_000_000_000  # reused
     write(src, noise(1.0, 9))  # same size, other content
     set_mtime([src], 3_000_000_000)  # ... and even the same mtime
     assert cli("--model", checkpoint, src, "--out", out, "--hash-inputs") == 0
@@ -253,7 +260,8 @@ def test_a_replaced_checkpoint_is_refused_then_re_embedded_with_force(tmp_path, 
     new = hear_mwmae.load_model(str(model), device="cpu")
     for i in range(2):
         audio = sf.read(tmp_path / "in" / f"f{i}.wav", dtype="float32")[0]
-        np.testing.assert_allclose(np.load(out / f"f{i}.npy"), scene(new, audio), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.load(out_file(out, tmp_path / "in" / f"f{i}.wav")), scene(new, audio),
+                                   rtol=1e-4, atol=1e-5)
     record = read_index(out)["f0.wav"]
     assert record["checkpoint_sha256"] == sha256_file(model)
     assert record["reason"].startswith("made with other settings (--force): checkpoint_sha256")
@@ -264,14 +272,14 @@ def test_another_mode_is_refused_and_force_leaves_no_stale_files(tmp_path, check
         write(tmp_path / "in" / f"f{i}.wav", noise(1.0, 50 + i))
     out = tmp_path / "out"
     assert cli("--model", checkpoint, tmp_path / "in", "--out", out, "--mode", "timestamp") == 0
-    assert len(list(out.glob("*.ts.npy"))) == 2
+    assert len(list(out.rglob("*.ts.npy"))) == 2
     caplog.clear()
     assert cli("--model", checkpoint, tmp_path / "in", "--out", out, "--mode", "scene") == 2
     assert "mode timestamp (this run: scene)" in caplog.records[-1].getMessage()
-    assert len(list(out.glob("*.ts.npy"))) == 2  # refused: nothing touched
+    assert len(list(out.rglob("*.ts.npy"))) == 2  # refused: nothing touched
     assert cli("--model", checkpoint, tmp_path / "in", "--out", out, "--mode", "scene", "--force") == 0
-    assert sorted(p.name for p in out.glob("*.npy")) == ["f0.npy", "f1.npy"]  # no .ts.npy left behind
-    assert np.load(out / "f0.npy").ndim == 1
+    assert sorted(p.name for p in out.rglob("*.npy")) == ["f0.wav.npy", "f1.wav.npy"]  # no .ts.npy left behind
+    assert np.load(out_file(out, tmp_path / "in" / "f0.wav")).ndim == 1
     assert {r["mode"] for r in read_index(out).values()} == {"scene"}
 
 
@@ -279,12 +287,12 @@ def test_parts_left_by_a_killed_torchrun_are_merged(tmp_path, checkpoint, runtim
     for i in range(3):
         write(tmp_path / "in" / f"f{i}.wav", noise(1.0, 60 + i))
     out = tmp_path / "out"
-    jobs = embed.find_jobs([tmp_path / "in"], "scene").jobs
-    embed.embed_files(runtime, jobs, out, settings=settings, progress=False)
+    plan = embed.find_jobs([tmp_path / "in"], "scene")
+    embed.embed_files(runtime, plan, out, settings=settings, progress=False)
     lines = (out / "index.jsonl").read_text().splitlines()
     (out / "index.jsonl").write_text(lines[0] + "\n")  # as if ranks 0 and 1 had been killed before merging
     (out / "index.part-00001.jsonl").write_text("\n".join(lines[1:]) + "\n" + '{"input": "half a li')
-    again = embed.embed_files(runtime, jobs, out, settings=settings, progress=False)
+    again = embed.embed_files(runtime, plan, out, settings=settings, progress=False)
     assert (again.embedded, again.reused) == (0, 3)
     assert not list(out.glob("index.part-*")) and len((out / "index.jsonl").read_text().splitlines()) == 3
 
@@ -295,7 +303,7 @@ def test_a_second_embed_on_the_same_out_is_refused(tmp_path, checkpoint, caplog)
     with FolderLock(tmp_path / "out"):
         assert cli("--model", checkpoint, tmp_path / "a.wav", "--out", tmp_path / "out") == 2
     assert "another `hear-mwmae embed` is writing to" in caplog.records[-1].getMessage()
-    assert not (tmp_path / "out" / "a.npy").exists()
+    assert not out_file(tmp_path / "out", tmp_path / "a.wav").exists()
     assert cli("--model", checkpoint, tmp_path / "a.wav", "--out", tmp_path / "out") == 0  # released
 
 
@@ -333,7 +341,8 @@ def test_containers_libsndfile_cannot_read_need_pyav(tmp_path, checkpoint, runti
     out = tmp_path / "out"
     assert cli("--model", checkpoint, tmp_path / "in", "--out", out) == 0  # PyAV installed: embedded
     audio, _ = read_audio(tmp_path / "in" / "a.m4a")
-    np.testing.assert_allclose(np.load(out / "a.npy"), scene(runtime, audio), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(out_file(out, tmp_path / "in" / "a.m4a")), scene(runtime, audio),
+                               rtol=1e-4, atol=1e-5)
     monkeypatch.setattr(audio_mod, "pyav_available", lambda: False)  # as on a machine without `av`
     shutil.rmtree(out)
     assert cli("--model", checkpoint, tmp_path / "in", "--out", out) == 1
@@ -388,11 +397,12 @@ def test_bad_files_are_reported_and_the_rest_still_embedded(tmp_path, checkpoint
     assert cli("--model", checkpoint, src, tmp_path / "missing.wav", "--out", out) == 1
     index = read_index(out)
     assert index["good1.wav"]["status"] == index["good2.wav"]["status"] == "ok"
-    assert (out / "good1.npy").is_file() and (out / "z" / "good2.npy").is_file()
-    for name, reason in [("garbage.wav", "error: unreadable"), ("zero_bytes.wav", "error: empty file (0 bytes)"),
+    assert out_file(out, src / "good1.wav").is_file() and out_file(out, src / "z" / "good2.wav").is_file()
+    for name, reason in [("garbage.wav", "error: not audio, or corrupt"),
+                         ("zero_bytes.wav", "error: empty file (0 bytes)"),
                          ("no_frames.wav", "empty audio"), ("nan.wav", "NaN"), ("missing.wav", "no such file")]:
         assert index[name]["status"] != "ok" and reason in index[name]["status"], index[name]
-        assert not (out / Path(name).with_suffix(".npy")).exists()
+        assert not out_file(out, src / name).exists()
     # failed files are retried on the next run; the good ones are reused
     assert cli("--model", checkpoint, src, "--out", out) == 1
     assert read_index(out)["garbage.wav"]["reason"] == "previous attempt failed"
@@ -408,7 +418,7 @@ def test_a_failed_write_leaves_no_partial_output(tmp_path, checkpoint, monkeypat
 
     monkeypatch.setattr(embed.np, "save", broken_save)
     assert cli("--model", checkpoint, tmp_path / "a.wav", "--out", tmp_path / "out") == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".embed.lock", "index.jsonl"]  # no .npy / .tmp
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".embed.lock", "embed.json", "index.jsonl"]
     assert "disk full" in read_index(tmp_path / "out")["a.wav"]["status"]
 
 

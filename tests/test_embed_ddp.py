@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 import hear_mwmae
 from hear_mwmae import embed
+from hear_mwmae.embed_plan import canonical, output_names
 
 
 def records(out: Path) -> dict[str, dict]:
@@ -70,10 +71,11 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path, tiny_checkpoi
     (ddp / "index.jsonl").write_text("\n".join(lines[:2]) + "\n")
     (ddp / "index.part-00000.jsonl").write_text("\n".join(lines[2:4]) + "\n")
     (ddp / "index.part-00001.jsonl").write_text("\n".join(lines[4:]) + "\n")
-    (ddp / "d0" / "c0.npy").unlink()
+    lost = output_names(canonical(src / "d0" / "c0.wav"), "scene")[0].as_posix()
+    (ddp / lost).unlink()
     again = torchrun(*parser_args, "--out", str(ddp))
     assert "embedded 1, reused 4 (already done), failed 1, not audio 1" in again.stderr, again.stderr[-3000:]
     assert not list(ddp.glob("index.part-*"))
-    assert records(ddp)["d0/c0.npy"]["reason"] == "output missing"
+    assert records(ddp)[lost]["reason"] == "output missing"
     assert {k: {f: v for f, v in r.items() if f != "reason"} for k, r in records(ddp).items()} == \
         {k: {f: v for f, v in r.items() if f != "reason"} for k, r in one.items()}

@@ -101,6 +101,28 @@ def test_audiomae_int8_follows_fp32_and_is_batch_invariant(converted):
 
 
 @needs_int8
+def test_int8_tagging_does_not_depend_on_the_batch(converted):
+    """A fine-tuned classifier in int8: a clip's logits (per chunk and pooled) alone equal, bit
+    for bit, its logits in a batch of 16, and they follow fp32."""
+    from hear_mwmae.checkpoint import Checkpoint, build_classifier, build_encoder
+    from hear_mwmae.runtime import MWMAERuntime
+
+    c = converted("audiomae_ft_tiny")
+    ckpt = Checkpoint(c.config, c.state_dict)
+    low = MWMAERuntime(build_encoder(ckpt), c.config, device="cpu", precision="int8",
+                       classifier=build_classifier(ckpt))
+    ref = MWMAERuntime(build_encoder(ckpt), c.config, device="cpu", classifier=build_classifier(ckpt))
+    audio = audio_batch(16, 12000, seed=7)  # one 1024-frame chunk per clip
+    batched, _ = low.logits(audio, per_chunk=True)
+    for i in (0, 9, 15):
+        alone, _ = low.logits(audio[i:i + 1], per_chunk=True)
+        assert torch.equal(alone, batched[i:i + 1]), f"clip {i}: max diff {(alone - batched[i:i + 1]).abs().max()}"
+    assert torch.equal(low.logits(audio[3:4])[0], batched[3:4].mean(1))
+    fp32 = ref.logits(audio)[0]
+    assert 0 < (batched.mean(1) - fp32).abs().max() < 5e-2 * fp32.abs().max()
+
+
+@needs_int8
 def test_windowed_encoder_quantises_too(converted):
     from hear_mwmae.checkpoint import Checkpoint, build_encoder
     from hear_mwmae.runtime import MWMAERuntime

@@ -3,10 +3,8 @@ for an MW-MAE and an Audio-MAE (Swin decoder, fbank, no decay on 1-D parameters)
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -19,6 +17,8 @@ from hear_mwmae.pretrain.recipes import get_recipe
 from hear_mwmae.pretrain.state import load_train_state
 from hear_mwmae.pretrain.synth import make_clip
 from hear_mwmae.pretrain.trainer import train
+
+from conftest import child_env
 
 COMMON = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32",
           "batch_size=8", "max_steps=3", "warmup_epochs=0.5", "base_lr=0.05", "log_every=1",
@@ -37,9 +37,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, recipe):
     for i in range(16):  # 2 optimiser steps per epoch: the 3 steps cross an epoch boundary
         sf.write(corpus / f"c{i}.wav", make_clip(11, i, duration=2.3).waveform, 16000, subtype="FLOAT")
 
-    root = str(Path(hear_mwmae.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "hear_mwmae.cli", "pretrain", "--recipe", recipe, "--data", str(corpus),
            "--out", str(tmp_path / "ddp"), "--device", "cpu", *[a for o in OVERRIDES for a in ("--set", o)]]

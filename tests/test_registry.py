@@ -149,7 +149,7 @@ def test_absent_model_names_the_fetch_command(cache):
 
 def test_unknown_name_lists_the_known_ones(cache, caplog):
     known = "audiomae-base-as2m, audiomae-base-as2m-ft, mae-base-4x16, mwmae-base-4x16-4l"
-    with pytest.raises(FileNotFoundError, match=f"known: {known}"):
+    with pytest.raises(FileNotFoundError, match=f"not a model name; .* a name: demo-tiny \\(bundled\\), {known} "):
         hear_mwmae.load_model("mwmae-base")
     assert cli.main(["fetch", "mwmae-large"]) == 2
     assert f"unknown model 'mwmae-large'; the released models are: {known}" in caplog.text
@@ -232,3 +232,28 @@ def test_without_gdown_the_error_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gdown", None)  # import fails
     with pytest.raises(registry.FetchError, match=r"pip install 'hear-mwmae\[fetch\]'"):
         registry.gdown_download(registry.MODELS["mwmae-base-4x16-4l"], tmp_path)
+
+
+def test_fetch_from_a_copy_downloaded_by_hand(cache, tiny_release, tmp_path, capsys):
+    """The offline route every fetch failure names: `hear-mwmae fetch NAME --from PATH`."""
+    model, _, _, run_dir = tiny_release
+    by_hand = tmp_path / "Downloads" / model.run_dir
+    shutil.copytree(run_dir, by_hand)
+    before = sorted(p.name for p in by_hand.iterdir())
+    assert cli.main(["fetch", TINY, "--from", str(by_hand), "--keep-source"]) == 0
+    record = registry.read_record(TINY)
+    assert record["from_local_copy"] == str(by_hand) and record["sha256"] == sha256_file(cache / f"{TINY}.pt")
+    assert sorted(p.name for p in by_hand.iterdir()) == before  # the user's copy stays where it was
+    assert (cache / f"{TINY}-source" / "config.json").is_file()
+    hear_mwmae.load_model(TINY, device="cpu")
+    wrong = tmp_path / "not-the-run"
+    wrong.mkdir()
+    assert cli.main(["fetch", TINY, "--from", str(wrong)]) == 2
+    assert cli.main(["fetch", TINY, "--from", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_bundled_demo_needs_no_fetch(cache, capsys):
+    assert cli.main(["fetch", "demo-tiny"]) == 0
+    assert "bundled with the package, nothing to fetch" in capsys.readouterr().out
+    assert cli.main(["fetch", "--list"]) == 0
+    assert "demo-tiny" in capsys.readouterr().out

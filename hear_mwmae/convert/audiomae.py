@@ -6,10 +6,19 @@ Three layouts (spec section 10), all converted to our state dict by renaming:
     + decoder) and optionally `optimizer`, `scaler`, `epoch`, `args` (a pickled
     `argparse.Namespace`); a dict holding only `model` is accepted;
 (b) fine-tuned (same container): `fc_norm` + `head` and no final `norm`. HEAR uses the
-    last block's tokens un-normed (`final_norm=False`); `fc_norm` / `head` are dropped;
+    last block's tokens un-normed (`final_norm=False`); `fc_norm` / `head` become our
+    classifier (`classifier.fc_norm.*`, `classifier.head.*`, config `head`: mean pooling of
+    the patch tokens, the authors' `global_pool`);
 (c) timm / Hugging Face Hub: a directory with `config.json` (`architecture`,
-    `num_classes`, `global_pool`, `model_args`, `pretrained_cfg.input_size`) and
-    `model.safetensors` or `pytorch_model.bin` (a plain dict of tensors), encoder only.
+    `num_classes`, `global_pool`, `model_args`, `pretrained_cfg.input_size`, optionally
+    `label_names`) and `model.safetensors` or `pytorch_model.bin` (a plain dict of
+    tensors): the encoder, and the classifier when `num_classes` > 0.
+
+A head's class names: `label_names` of a timm config when present, else AudioSet's 527
+classes (`hear_mwmae.labels.audioset()`, the authors' head order) for a 527-output head,
+else `class_i` with a warning (`labels=` / `--labels FILE.csv` names them). A head is
+multi-label (sigmoid) unless the authors' `args.dataset` names a single-label task
+(esc50, speechcommands).
 
 Files are read with `torch.load(weights_only=True)` allowing exactly one extra class,
 `argparse.Namespace`; a file holding any other pickled object is refused without running
@@ -24,19 +33,20 @@ fails and says to pass `--num-heads`. The Swin decoder's heads are in its shapes
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import ENCODER_SIZES, FbankConfig, MWMAEConfig, ModelConfig, audiomae_config
-from ..files import refused_pickle_reason, sha256_file
-from .common import CONVERTER_VERSION, ConversionError, Converted
+from .. import labels
+from ..config import ENCODER_SIZES, FbankConfig, HeadConfig, MWMAEConfig, ModelConfig, audiomae_config
+from ..files import refuse_compressed_records, refused_pickle_reason, safe_reason, sha256_file
+from ..state_checks import WeightsError, check_finite, check_tensors
+from ..validate import MAX_CLASSES, MAX_HEADS, brief, integer, is_int, names
+from .common import CONVERTER_VERSION, ConversionError, Converted, read_json_config
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +55,9 @@ TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # preferred first
 _DECODER_RENAMES = (("decoder_blocks.", "decoder.blocks."), ("decoder_embed.", "decoder.embed."),
                     ("decoder_norm.", "decoder.norm."), ("decoder_pred.", "decoder.pred."),
                     ("decoder_pos_embed", "decoder.pos_embed"), ("mask_token", "decoder.mask_token"))
-_HEAD_KEYS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")  # fine-tuned classifier: unused
+_HEAD_RENAMES = (("fc_norm.", "classifier.fc_norm."), ("head.", "classifier.head."))  # the fine-tuned classifier
+_HEAD_KEYS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
+SINGLE_LABEL_DATASETS = ("esc50", "speechcommands")  # the authors' --dataset values trained with one class per clip
 _FACTORY = re.compile(r"^(?P<mae>mae_)?vit_(?P<size>[a-z]+)_patch(?P<patch>\d+)(?:_|$)")
 MAE_DECODER_HEADS = 16  # every `mae_vit_*` factory: 512-d decoder with 16 heads
 # config.json model_args a conversion understands (sizes, training-only rates, the classifier)
@@ -65,14 +77,19 @@ def load_pickle_safely(path: Path) -> Any:
     with open(path, "rb") as fh:
         zip_format = fh.read(4) == b"PK\x03\x04"
     try:
+        refuse_compressed_records(path)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
+    try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zip_format)
     except pickle.UnpicklingError as exc:
         raise ConversionError(
             f"{path}: refused: the file pickles objects other than tensors, plain containers and "
             f"argparse.Namespace, and is never unpickled with code execution ({refused_pickle_reason(exc)})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ConversionError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {exc}") from exc
+    except Exception as exc:  # torch raises many unrelated types for a corrupt file
+        raise ConversionError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {safe_reason(exc)}") from exc
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -83,7 +100,7 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:
-            raise ConversionError(f"{path}: unreadable safetensors file: {exc}") from exc
+            raise ConversionError(f"{path}: unreadable safetensors file: {safe_reason(exc).split(':')[0]}") from exc
     obj = load_pickle_safely(path)
     if not is_state_dict(obj):
         raise ConversionError(f"{path}: expected a dict of tensors (timm weights), got {type(obj).__name__}")
@@ -107,8 +124,8 @@ def is_timm_dir(path: Path) -> bool:
     if not (Path(path).is_dir() and cfg.is_file() and any((Path(path) / w).is_file() for w in TIMM_WEIGHTS)):
         return False
     try:
-        return "architecture" in json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "architecture" in read_json_config(cfg)
+    except ConversionError:
         return False
 
 
@@ -123,7 +140,7 @@ def timm_weights_file(directory: Path) -> Path:
 # ----------------------------------------------------------------------------- heads and config
 def _factory(name: str | None) -> tuple[int, int, int, bool] | None:
     """(dim, depth, heads, is_mae) of a known factory / architecture name, else None."""
-    m = _FACTORY.match(name or "")
+    m = _FACTORY.match(name) if isinstance(name, str) else None
     if not m or m["size"] not in ENCODER_SIZES:
         return None
     return (*ENCODER_SIZES[m["size"]], bool(m["mae"]))
@@ -133,16 +150,16 @@ def _heads(dim: int, depth: int, name: str | None, stored: Any, override: int | 
            bare: bool) -> tuple[int, str]:
     """Encoder heads and where they came from (see the module docstring)."""
     if override is not None:
-        heads, source = int(override), "num_heads override"
+        heads, source = _count_arg(override, "num_heads"), "num_heads override"
     elif (fac := _factory(name)) is not None:
         if fac[:2] != (dim, depth):
-            raise ConversionError(f"{name!r} is a {fac[0]}-d, {fac[1]}-block model, but the weights are "
+            raise ConversionError(f"{brief(name)} is a {fac[0]}-d, {fac[1]}-block model, but the weights are "
                                   f"{dim}-d with {depth} blocks")
-        heads, source = fac[2], f"factory name {name!r}"
-        if stored is not None and int(stored) != heads:
-            raise ConversionError(f"{name!r} has {heads} heads but the stored arguments say num_heads={stored}")
+        heads, source = fac[2], f"factory name {brief(name)}"
+        if stored is not None and _count_arg(stored, "num_heads") != heads:
+            raise ConversionError(f"{brief(name)} has {heads} heads but the stored arguments say num_heads={stored}")
     elif stored is not None:
-        heads, source = int(stored), f"stored constructor argument num_heads (of {name!r})"
+        heads, source = _count_arg(stored, "num_heads"), f"stored constructor argument num_heads (of {brief(name)})"
     elif bare and (dim, depth) in {(d, n) for d, n, _ in ENCODER_SIZES.values()}:
         heads = next(h for d, n, h in ENCODER_SIZES.values() if (d, n) == (dim, depth))
         source = f"the standard ViT of width {dim} and depth {depth} (no args in the file)"
@@ -150,18 +167,36 @@ def _heads(dim: int, depth: int, name: str | None, stored: Any, override: int | 
                     "and depth %d has (pass --num-heads to override)", heads, dim, depth)
     else:
         raise ConversionError(
-            f"the number of attention heads cannot be known: it is not in the weights, {name!r} is not a known "
+            f"the number of attention heads cannot be known: it is not in the weights, {brief(name)} is not a known "
             f"factory name and the file stores no num_heads; pass it with --num-heads N (num_heads=N)")
     if heads < 1 or dim % heads:
         raise ConversionError(f"num_heads {heads} does not divide the width {dim}")
     return heads, source
 
 
+def _count_arg(value: Any, name: str) -> int:
+    """A head count from an override or the file's arguments: an int in [1, MAX_HEADS], never
+    a float rounded down (3.7 is an error, not 3)."""
+    try:
+        return integer(value, name, 1, MAX_HEADS)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
+
+
+def _number(args: dict[str, Any], key: str, default: float) -> float:
+    """A real-valued training argument (mask ratios), else ConversionError naming it."""
+    value = args.get(key, default)
+    if not (is_int(value) or isinstance(value, float)):
+        raise ConversionError(f"args.{key} must be a number, got {brief(value)}")
+    return float(value)
+
+
 def _count(state: dict[str, torch.Tensor], prefix: str) -> int:
-    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d{{1,6}})\.")
     indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
     if indices != set(range(len(indices))):
-        raise ConversionError(f"{prefix}*: block indices {sorted(indices)} are not 0..n-1")
+        shown = f"{sorted(indices)[:8]}{' ...' if len(indices) > 8 else ''}"
+        raise ConversionError(f"{prefix}*: block indices {shown} are not 0..n-1")
     return len(indices)
 
 
@@ -176,7 +211,11 @@ def _shape(state: dict[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ..
 
 def _truthy(value: Any) -> bool:
     """The authors' `type=bool` options: any non-empty string is True."""
-    return value != "" if isinstance(value, str) else bool(value)
+    if isinstance(value, str):
+        return value != ""
+    if value is None or isinstance(value, (bool, int, float)):
+        return bool(value)
+    raise ConversionError(f"a stored training option is a {type(value).__name__}, expected a bool or a string")
 
 
 def config_from_weights(state: dict[str, torch.Tensor], args: dict[str, Any], name: str | None, *,
@@ -194,6 +233,8 @@ def config_from_weights(state: dict[str, torch.Tensor], args: dict[str, Any], na
     if pretrain and "audio_exp" in args and not _truthy(args["audio_exp"]):  # (fine-tuning never sets it)
         raise ConversionError("audio_exp=False: an image model, not Audio-MAE")
     dim, chans, pt, pf = _shape(state, "patch_embed.proj.weight", 4)
+    if min(dim, pt, pf) < 1:
+        raise ConversionError(f"patch_embed.proj.weight has shape {(dim, chans, pt, pf)}: an empty patch embedding")
     if chans != 1:
         raise ConversionError(f"patch_embed takes {chans} input channels; Audio-MAE spectrograms have 1")
     if n_mels % pf:
@@ -216,12 +257,12 @@ def config_from_weights(state: dict[str, torch.Tensor], args: dict[str, Any], na
     }
     if pretrain:  # the pre-training settings (a fine-tuning run's masking options mean something else)
         values.update({
-            "mask_ratio": float(args.get("mask_ratio", 0.8)), "norm_pix_loss": _truthy(args.get("norm_pix_loss", True)),
-            "mask_2d": _truthy(args.get("mask_2d", False)), "mask_t_prob": float(args.get("mask_t_prob", 0.7)),
-            "mask_f_prob": float(args.get("mask_f_prob", 0.3))})
-    mode = int(args.get("decoder_mode", 1 if "decoder_blocks.0.attn.tau" in state else 0)) if pretrain else 1
-    if mode not in (0, 1):
-        raise ConversionError(f"decoder_mode {mode} is not supported (0 = global, 1 = shifted windows)")
+            "mask_ratio": _number(args, "mask_ratio", 0.8), "norm_pix_loss": _truthy(args.get("norm_pix_loss", True)),
+            "mask_2d": _truthy(args.get("mask_2d", False)), "mask_t_prob": _number(args, "mask_t_prob", 0.7),
+            "mask_f_prob": _number(args, "mask_f_prob", 0.3)})
+    mode = args.get("decoder_mode", 1 if "decoder_blocks.0.attn.tau" in state else 0) if pretrain else 1
+    if not is_int(mode) or mode not in (0, 1):
+        raise ConversionError(f"decoder_mode {brief(mode)} is not supported (0 = global, 1 = shifted windows)")
     if pretrain:
         swin = "decoder_blocks.0.attn.tau" in state
         if swin != (mode == 1):
@@ -236,11 +277,12 @@ def config_from_weights(state: dict[str, torch.Tensor], args: dict[str, Any], na
         else:
             fac = _factory(name)
             if decoder_num_heads is not None:
-                dheads, sources["decoder_num_heads"] = int(decoder_num_heads), "decoder_num_heads override"
+                dheads = _count_arg(decoder_num_heads, "decoder_num_heads")
+                sources["decoder_num_heads"] = "decoder_num_heads override"
             elif fac is not None and fac[3]:
-                dheads, sources["decoder_num_heads"] = MAE_DECODER_HEADS, f"factory name {name!r}"
+                dheads, sources["decoder_num_heads"] = MAE_DECODER_HEADS, f"factory name {brief(name)}"
             elif args.get("decoder_num_heads") is not None:
-                dheads = int(args["decoder_num_heads"])
+                dheads = _count_arg(args["decoder_num_heads"], "decoder_num_heads")
                 sources["decoder_num_heads"] = "stored constructor argument decoder_num_heads"
             elif bare:
                 dheads, sources["decoder_num_heads"] = MAE_DECODER_HEADS, "the authors' factories (no args in the file)"
@@ -249,7 +291,7 @@ def config_from_weights(state: dict[str, torch.Tensor], args: dict[str, Any], na
             values["decoder_num_heads"] = dheads
     try:
         cfg = audiomae_config("base", decoder="swin" if mode == 1 else "global", **values)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConversionError(f"the checkpoint does not describe a valid Audio-MAE: {exc}") from exc
     return cfg, sources
 
@@ -257,27 +299,67 @@ def config_from_weights(state: dict[str, torch.Tensor], args: dict[str, Any], na
 # ----------------------------------------------------------------------------- state dict
 def rename(key: str) -> str:
     """An authors' / timm key -> ours."""
-    for theirs, ours in _DECODER_RENAMES:
+    for theirs, ours in _DECODER_RENAMES + _HEAD_RENAMES:
         if key.startswith(theirs):
             return ours + key[len(theirs):]
     return "encoder." + key
 
 
-def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Authors' state dict -> our full (or encoder-only) state dict. Every key used or
-    explicitly dropped (the fine-tuned classifier), every shape checked, strict load.
-    Returns (state dict, dropped keys)."""
+def head_from_weights(state: dict[str, torch.Tensor], dataset: str | None = None,
+                      label_names: Any = None) -> HeadConfig | None:
+    """The classifier of a fine-tuned state dict (`fc_norm` + `head`), or None without a head.
+
+    `dataset`: the authors' `args.dataset` (single-label for esc50 / speechcommands);
+    `label_names`: names from a timm config.json. See the module docstring for the names."""
+    if "head.weight" not in state:
+        return None
+    if "fc_norm.weight" not in state:
+        raise ConversionError("the checkpoint has a `head` but no `fc_norm`: only the authors' global-pool "
+                              "classifier (mean of the patch tokens -> fc_norm -> head) is supported")
+    num_classes = _shape(state, "head.weight", 2)[0]
+    if not 1 <= num_classes <= MAX_CLASSES:  # (before any class names are made for it)
+        raise ConversionError(f"head.weight has {num_classes} outputs; a head has 1 to {MAX_CLASSES}")
+    single = isinstance(dataset, str) and dataset.lower() in SINGLE_LABEL_DATASETS
+    if label_names is not None:
+        if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
+            raise ConversionError("config.json label_names must be a list of strings")
+        vocab: labels.Vocabulary | None = labels.Vocabulary(tuple(label_names), (), "config.json label_names")
+    elif num_classes == labels.AUDIOSET_CLASSES and not single:
+        vocab = labels.audioset()
+    else:
+        vocab = None
+    try:
+        return labels.head_config(num_classes, vocab, multi_label=not single)
+    except ValueError as exc:
+        raise ConversionError(f"the classifier head cannot be described: {exc}") from exc
+
+
+def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig,
+                  head: HeadConfig | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Authors' state dict -> our full (or encoder-only) state dict, with the classifier when
+    `head` is given. Every key used or explicitly dropped (an `fc_norm` without a head),
+    every shape checked, strict load. Returns (state dict, dropped keys)."""
+    from ..classifier import PREFIX, Classifier
     from ..model import MWMAE, Encoder
 
-    dropped = sorted(k for k in state if k in _HEAD_KEYS)
-    ours = {rename(k): v for k, v in state.items() if k not in _HEAD_KEYS}
+    try:  # every element stored (no expanded views), all finite: before anything is copied
+        check_tensors(state)
+        check_finite(state)
+    except WeightsError as exc:
+        raise ConversionError(f"the checkpoint's weights: {exc}") from exc
+    unused = () if head is not None else _HEAD_KEYS
+    dropped = sorted(k for k in state if k in unused)
+    ours = {rename(k): v for k, v in state.items() if k not in unused}
     encoder_only = not any(k.startswith("decoder.") for k in ours)
     with torch.device("meta"):
         model = Encoder(cfg) if encoder_only else MWMAE(cfg)
+        classifier = Classifier(cfg, head) if head is not None else None
     prefix = "encoder." if encoder_only else ""
     expected = {prefix + k: v for k, v in model.state_dict().items()}
+    if classifier is not None:
+        expected.update({PREFIX + k: v for k, v in classifier.state_dict().items()})
     missing = sorted(set(expected) - set(ours))
-    unknown = sorted(k for k in state if k not in _HEAD_KEYS and rename(k) not in expected)
+    unknown = sorted(k for k in state if k not in unused and rename(k) not in expected)
     problems = []
     if missing:
         problems.append(f"missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
@@ -292,19 +374,39 @@ def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[dic
     if problems:
         raise ConversionError("weights do not match the derived configuration:\n  " + "\n  ".join(problems))
     ours = {k: v.detach().to(torch.float32, copy=True).contiguous() for k, v in ours.items()}  # off the file
-    model.load_state_dict({k[len(prefix):]: v for k, v in ours.items()}, strict=True, assign=True)
+    model.load_state_dict({k[len(prefix):]: v for k, v in ours.items() if not k.startswith(PREFIX)},
+                          strict=True, assign=True)
+    if classifier is not None:
+        classifier.load_state_dict({k[len(PREFIX):]: v for k, v in ours.items() if k.startswith(PREFIX)},
+                                   strict=True, assign=True)
     return ours, dropped
 
 
+_PLAIN_DEPTH, _PLAIN_ITEMS = 8, 10_000  # stored arguments kept in a provenance: at most this deep / many
+
+
 def _plain(value: Any) -> Any:
-    """JSON-safe copy of stored arguments (paths and numbers; anything else as its repr)."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return repr(value)
+    """JSON-safe copy of stored arguments (paths and numbers; anything else as its repr, cut
+    short), at most _PLAIN_DEPTH deep and _PLAIN_ITEMS values: what is beyond becomes "..."
+    (a pickle can share one list many times over, so the copy is bounded, not the input)."""
+    budget = [_PLAIN_ITEMS]
+
+    def copy(v: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > _PLAIN_DEPTH:
+            return "..."
+        if isinstance(v, str):
+            return v if len(v) <= 1000 else v[:997] + "..."
+        if isinstance(v, (int, float, bool)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [copy(x, depth + 1) for x in v[:_PLAIN_ITEMS]]
+        if isinstance(v, dict):
+            return {brief(k) if not isinstance(k, str) else k: copy(x, depth + 1)
+                    for k, x in list(v.items())[:_PLAIN_ITEMS]}
+        return brief(v)
+
+    return copy(value, 0)
 
 
 def convert_payload(obj: Any, source: Path, *, num_heads: int | None = None,
@@ -323,7 +425,8 @@ def convert_payload(obj: Any, source: Path, *, num_heads: int | None = None,
     name = args.get("model")
     cfg, heads_from = config_from_weights(state, args, name, num_heads=num_heads,
                                           decoder_num_heads=decoder_num_heads, bare=not args)
-    converted, dropped = convert_state(state, cfg)
+    head = head_from_weights(state, args.get("dataset"))
+    converted, dropped = convert_state(state, cfg, head)
     layout = "finetuned" if "head.weight" in state or "fc_norm.weight" in state else "pretrain"
     if not bare and not args:
         log.warning("%s holds no training args: norm_pix_loss / mask settings are the released recipe's", source)
@@ -333,8 +436,9 @@ def convert_payload(obj: Any, source: Path, *, num_heads: int | None = None,
         "source_sha256": sha256 or sha256_file(source), "epoch": int(epoch) if isinstance(epoch, int) else None,
         "step": int(epoch) if isinstance(epoch, int) else None, "model_name": name, "heads_from": heads_from,
         "dropped_keys": dropped, "source_args": _plain(args), "converter_version": CONVERTER_VERSION,
+        "license": "CC-BY-NC-4.0",  # the Audio-MAE repository's and weights' (non-commercial)
     }
-    return Converted(MWMAEConfig(cfg, FbankConfig()), converted, provenance)
+    return Converted(MWMAEConfig(cfg, FbankConfig(), head), converted, provenance)
 
 
 def convert_file(path: str | Path, *, num_heads: int | None = None,
@@ -356,20 +460,23 @@ def convert_timm_dir(directory: str | Path, *, weights: Path | None = None,
     """Convert a timm / Hugging Face Hub directory (`config.json` + weights), encoder only."""
     directory = Path(directory)
     cfg_file = directory / "config.json"
-    try:
-        timm_cfg = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"{cfg_file}: unreadable config.json: {exc}") from exc
+    timm_cfg = read_json_config(cfg_file)
     arch = timm_cfg.get("architecture")
-    model_args = dict(timm_cfg.get("model_args") or {})
-    unknown = sorted(set(model_args) - _TIMM_ARGS)
+    model_args = timm_cfg.get("model_args") or {}
+    pretrained_cfg = timm_cfg.get("pretrained_cfg") or {}
+    if not isinstance(model_args, dict) or not isinstance(pretrained_cfg, dict) or not isinstance(arch, str):
+        raise ConversionError(f"{cfg_file}: architecture must be a name, model_args and pretrained_cfg mappings")
+    model_args = dict(model_args)
+    unknown = names(set(model_args) - _TIMM_ARGS)
     if unknown:
         raise ConversionError(f"{cfg_file}: model_args {unknown} are not supported by this converter")
     if not model_args.get("qkv_bias", True) or not model_args.get("class_token", True):
         raise ConversionError(f"{cfg_file}: qkv_bias / class_token off: not an Audio-MAE ViT")
-    input_size = (timm_cfg.get("pretrained_cfg") or {}).get("input_size")
-    if input_size is not None and (len(input_size) != 3 or input_size[0] != 1 or input_size[2] != FbankConfig.n_mels):
-        raise ConversionError(f"{cfg_file}: input_size {input_size}: expected [1, time, {FbankConfig.n_mels}] "
+    input_size = pretrained_cfg.get("input_size")
+    if input_size is not None and (not isinstance(input_size, list) or len(input_size) != 3
+                                   or not all(is_int(n) for n in input_size)
+                                   or input_size[0] != 1 or input_size[2] != FbankConfig.n_mels):
+        raise ConversionError(f"{cfg_file}: input_size {brief(input_size)}: expected [1, time, {FbankConfig.n_mels}] "
                               "(a 1-channel 128-band fbank model)")
     weights = Path(weights) if weights else timm_weights_file(directory)
     state = _load_weights(weights)
@@ -382,23 +489,30 @@ def convert_timm_dir(directory: str | Path, *, weights: Path | None = None,
     heads = num_heads if num_heads is not None else sizes.get("num_heads")
     cfg, heads_from = config_from_weights(state, {}, None if heads is not None else arch, num_heads=heads)
     if num_heads is None and heads is not None:
-        heads_from = {"num_heads": f"architecture {arch!r}" + (" and model_args" if model_args else "")}
+        heads_from = {"num_heads": f"architecture {brief(arch)}" + (" and model_args" if model_args else "")}
     for key in ("embed_dim", "depth"):
         if key in sizes and sizes[key] != getattr(cfg, key):
-            raise ConversionError(f"{cfg_file}: {arch!r} with model_args has {key} {sizes[key]}, the weights "
-                                  f"{getattr(cfg, key)}")
+            raise ConversionError(f"{cfg_file}: {brief(arch)} with model_args has {key} {brief(sizes[key])}, "
+                                  f"the weights {getattr(cfg, key)}")
     if input_size is not None and tuple(input_size[1:]) != cfg.img_size:
         raise ConversionError(f"{cfg_file}: input_size {input_size} but the weights cover {cfg.img_size}")
-    converted, dropped = convert_state(state, cfg)
+    pool = model_args.get("global_pool", timm_cfg.get("global_pool", "avg"))
+    if "head.weight" in state and pool != "avg":
+        raise ConversionError(f"{cfg_file}: global_pool {pool!r}: only the authors' "
+                              "'avg' classifier (mean of the patch tokens -> fc_norm -> head) is supported")
+    head = head_from_weights(state, None, timm_cfg.get("label_names"))
+    converted, dropped = convert_state(state, cfg, head)
     provenance = {
         "source": "timm / Hugging Face Hub Audio-MAE", "layout": "timm", "source_file": weights.name,
         "source_dir": str(directory), "source_sha256": sha256_file(weights), "epoch": None, "step": None,
         "model_name": arch, "heads_from": heads_from, "dropped_keys": dropped,
         "source_config": _plain(timm_cfg), "converter_version": CONVERTER_VERSION,
+        "license": "CC-BY-NC-4.0",  # the timm copies carry the Audio-MAE weights' licence (non-commercial)
     }
-    return Converted(MWMAEConfig(cfg, FbankConfig()), converted, provenance)
+    return Converted(MWMAEConfig(cfg, FbankConfig(), head), converted, provenance)
 
 
 __all__ = ["config_from_weights", "convert_file", "convert_payload", "convert_state", "convert_timm_dir",
+           "head_from_weights",
            "is_audiomae_payload", "is_state_dict", "is_timm_dir", "load_pickle_safely", "rename",
            "timm_weights_file"]

@@ -10,7 +10,6 @@ table, assert every shape, and load the result strictly into our model. No JAX, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +17,9 @@ import numpy as np
 import torch
 
 from ..config import ENCODER_SIZES, MWMAEConfig, ModelConfig
-from .common import CONVERTER_VERSION, ConversionError, Converted
+from ..state_checks import WeightsError, check_finite
+from ..validate import brief, is_int, names
+from .common import CONVERTER_VERSION, ConversionError, Converted, read_json_config
 from .flax_files import (FLAX_GDA_PLACEHOLDER, FLOAT_DTYPES, ORBAX_AGGREGATE_FILE, ORBAX_PLACEHOLDERS, RawArray,
                          find_checkpoint, is_orbax_dir, join_chunks, leaves, materialize, orbax_aggregate_file,
                          read_tree, resave_hint)
@@ -80,14 +81,15 @@ def config_from_release(release: dict[str, Any]) -> tuple[ModelConfig, dict[str,
     The second value says whether encoder / decoder blocks are `MWMHABlock`s (parameter
     scope `wmha_block`) rather than plain `Block`s (`Attention_0`).
     """
-    try:
-        arch = release["model"]["arch"]
-        args = dict(release["model"].get("model_args") or {})
-    except (KeyError, TypeError) as exc:
-        raise ConversionError("config.json has no model.arch / model.model_args") from exc
+    model = release.get("model") if isinstance(release, dict) else None
+    arch = model.get("arch") if isinstance(model, dict) else None
+    args = model.get("model_args") or {} if isinstance(model, dict) else None
+    if not isinstance(arch, str) or not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise ConversionError("config.json has no model.arch (a name) / model.model_args (a mapping)")
+    args = dict(args)
     mode = args.pop("mode", "mae")
     if mode != "mae":
-        raise ConversionError(f"model_args.mode={mode!r}: only pre-trained (mode 'mae') checkpoints are supported")
+        raise ConversionError(f"model_args.mode={brief(mode)}: only pre-trained (mode 'mae') checkpoints are supported")
     sizes = {f"mae_{name}": v for name, v in ENCODER_SIZES.items()}
     if arch in sizes:
         for key in ("embed_dim", "depth", "num_heads"):
@@ -98,29 +100,29 @@ def config_from_release(release: dict[str, Any]) -> tuple[ModelConfig, dict[str,
         use_cls = not windowed
     elif arch in ("MWMAE", "MAE"):
         dim, depth, heads = args.pop("embed_dim", 768), args.pop("depth", 12), args.pop("num_heads", 12)
-        use_cls = arch == "MAE" or bool(args.get("use_cls_token", False))
+        use_cls = arch == "MAE" or args.get("use_cls_token", False)
         if arch == "MAE" and any(k in args for k in _WINDOW_ARGS):
             raise ConversionError("arch 'MAE' takes no window arguments (the release raises TypeError)")
     else:
         known = sorted(sizes) + ["MAE", "MWMAE"]
-        raise ConversionError(f"unknown model.arch {arch!r}; expected one of {known}")
+        raise ConversionError(f"unknown model.arch {brief(arch)}; expected one of {known}")
     args.pop("use_cls_token", None)
     unknown = set(args) - set(_RELEASE_DEFAULTS)
     if unknown:
-        raise ConversionError(f"unsupported model_args for conversion: {sorted(unknown)}")
+        raise ConversionError(f"unsupported model_args for conversion: {names(unknown)}")
     a = {**_RELEASE_DEFAULTS, **args}
-    if a["mlp_ratio"] != 4:
-        raise ConversionError(f"mlp_ratio {a['mlp_ratio']} unsupported (the release always uses 4)")
+    if not is_int(a["mlp_ratio"]) and not isinstance(a["mlp_ratio"], float) or a["mlp_ratio"] != 4:
+        raise ConversionError(f"mlp_ratio {brief(a['mlp_ratio'])} unsupported (the release always uses 4)")
     try:
         cfg = ModelConfig(
             img_size=a["img_size"], patch_size=a["patch_size"], in_chans=a["in_chans"],
             embed_dim=dim, depth=depth, num_heads=heads,
             window_sizes=a["window_sizes"], decoder_embed_dim=a["decoder_embed_dim"],
             decoder_depth=a["decoder_depth"], decoder_num_heads=a["decoder_num_heads"],
-            decoder_window_sizes=a["decoder_window_sizes"], shifting_windows=bool(a["shifting_windows"]),
+            decoder_window_sizes=a["decoder_window_sizes"], shifting_windows=a["shifting_windows"],
             use_cls_token=use_cls, mask_ratio=a["mask_ratio"],
         )
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConversionError(f"invalid model configuration in config.json: {exc}") from exc
     naming = {"encoder": a["window_sizes"] != 0, "decoder": a["decoder_window_sizes"] != 0}
     return cfg, naming
@@ -200,12 +202,16 @@ def convert_params(params: dict[str, np.ndarray], cfg: ModelConfig, naming: dict
     if missing:
         problems.append(f"missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
     if unused:
-        problems.append(f"not expected by the config: {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+        problems.append(f"not expected by the config: {[brief(u) for u in unused[:8]]}"
+                        f"{' ...' if len(unused) > 8 else ''}")
     state: dict[str, torch.Tensor] = {}
     for flax_key, key, transform in table:
         if flax_key not in params:
             continue
-        value = transform(params[flax_key])
+        try:
+            value = transform(params[flax_key])
+        except ValueError:  # a kernel with the wrong number of dimensions
+            value = params[flax_key]
         if tuple(value.shape) != tuple(expected[key].shape):
             problems.append(f"{flax_key}: shape {tuple(params[flax_key].shape)} gives {tuple(value.shape)}, "
                             f"config expects {tuple(expected[key].shape)} for {key}")
@@ -213,6 +219,10 @@ def convert_params(params: dict[str, np.ndarray], cfg: ModelConfig, naming: dict
         state[key] = torch.from_numpy(np.array(value, dtype=np.float32, order="C"))  # one copy, writable
     if problems:
         raise ConversionError("parameters do not match config.json:\n  " + "\n  ".join(problems))
+    try:
+        check_finite(state)
+    except WeightsError as exc:
+        raise ConversionError(f"the checkpoint's parameters: {exc}") from exc
     with torch.device("meta"):
         model = MWMAE(cfg)
     model.load_state_dict(state, strict=True, assign=True)  # raises on any key mismatch
@@ -253,18 +263,17 @@ def convert_run_dir(run_dir: str | Path, checkpoint: str | Path | None = None,
         raise ConversionError(f"{config_file}: config.json not found (pass --config FILE)")
     if not ckpt.exists():
         raise ConversionError(f"{ckpt}: checkpoint file not found")
-    try:
-        release = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConversionError(f"{config_file}: not valid JSON: {exc}") from exc
+    release = read_json_config(config_file)
     cfg, naming = config_from_release(release)
-    sr = (release.get("audio_config") or {}).get("sample_rate", 16000)
-    if sr != 16000:
+    audio = release.get("audio_config") or {}
+    sr = audio.get("sample_rate", 16000) if isinstance(audio, dict) else None
+    if not is_int(sr) or sr != 16000:
         raise ConversionError(f"audio_config.sample_rate={sr}: only 16 kHz models are supported")
     data_file = orbax_aggregate_file(ckpt) if ckpt.is_dir() else ckpt
     state, sha256 = read_tree(data_file, only=("params", "step"))
     if not isinstance(state.get("params"), dict):
-        raise ConversionError(f"{data_file}: no 'params' tree in the checkpoint (keys: {sorted(state)[:10]})")
+        raise ConversionError(f"{data_file}: no 'params' tree in the checkpoint "
+                              f"(keys: {names(state)})")
     params, source_dtypes = float32_params(state["params"], data_file)
     step = state.get("step")
     step = int(step.decode().item()) if isinstance(step, RawArray) else step if isinstance(step, int) else None
@@ -278,5 +287,6 @@ def convert_run_dir(run_dir: str | Path, checkpoint: str | Path | None = None,
         "source_dtypes": source_dtypes,  # parameters stored other than float32 (converted to float32)
         "step": step,
         "converter_version": CONVERTER_VERSION,
+        "license": "Apache-2.0",  # the MW-MAE release's (code and weights)
     }
     return Converted(MWMAEConfig(model=cfg), converted, provenance)

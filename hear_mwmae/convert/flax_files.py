@@ -26,12 +26,21 @@ Arrays above 2**30 bytes are split into `{"__msgpack_chunked_array__": True, "sh
 The reader streams the file: top-level entries that are not wanted (the optimizer state,
 two thirds of a train state) are skipped without being decoded, and the file's sha256 is
 computed in the same pass.
+
+Hostile files: every length a msgpack header declares (array, map, string, binary, extension)
+is bounded by the bytes the file (or the extension's payload) holds, so nothing is allocated
+for data that is not there; an array leaf's shape and dtype must account for exactly the bytes
+it carries. Tuples (ext 4) are decoded one level at a time with an explicit stack, never by
+msgpack calling itself through its extension hook (each nested call takes tens of kB of C
+stack: a 722-byte file of 200 nested tuples used to crash the interpreter), and a tree nested
+deeper than MAX_NESTING (maps, arrays and tuples together; a train state uses < 12) is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -41,6 +50,7 @@ from typing import Any, BinaryIO
 import msgpack
 import numpy as np
 
+from ..files import safe_reason
 from .common import ConversionError
 
 log = logging.getLogger(__name__)
@@ -58,6 +68,8 @@ _NUMPY_DTYPES = frozenset(
     ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
      "float16", "float32", "float64", "complex64", "complex128"])
 FLOAT_DTYPES = frozenset(["bfloat16", "float16", "float32", "float64"])
+MAX_NESTING = 64  # maps, arrays and tuples inside one another
+MAX_ARRAY_DIMS = 32
 
 
 class Skipped:
@@ -95,19 +107,88 @@ class RawArray:
                                   f"do not fit ({exc})") from exc
 
 
+def _limits(nbytes: int) -> dict[str, int]:
+    """msgpack length limits for a buffer of `nbytes`: nothing can declare more items than bytes."""
+    n = max(int(nbytes), 1)
+    return {"max_str_len": n, "max_bin_len": n, "max_array_len": n, "max_map_len": n, "max_ext_len": n}
+
+
+def _itemsize(dtype: str) -> int | None:
+    if dtype == "bfloat16":
+        return 2
+    return np.dtype(dtype).itemsize if dtype in _NUMPY_DTYPES else None  # unknown: refused on decode
+
+
+def _array_leaf(code: int, data: bytes) -> RawArray:
+    """An ndarray / numpy scalar extension payload -> RawArray, its declared size checked
+    against the bytes it carries before anything is allocated."""
+    fields = msgpack.unpackb(data, raw=True, **_limits(len(data)))
+    if code == EXT_NPSCALAR and isinstance(fields, (list, tuple)) and len(fields) == 2:
+        fields = [[], *fields]  # (dtype, bytes): tolerated, flax writes a 0-d array
+    if not (isinstance(fields, (list, tuple)) and len(fields) == 3):
+        raise ValueError("malformed array leaf (expected shape, dtype, bytes)")
+    shape, dtype, buffer = fields
+    if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_DIMS
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise ValueError(f"malformed array leaf: the shape is not a list of at most {MAX_ARRAY_DIMS} sizes >= 0")
+    if not isinstance(dtype, bytes) or not 0 < len(dtype) <= 32 or not isinstance(buffer, bytes):
+        raise ValueError("malformed array leaf: dtype or data is not a byte string")
+    name = dtype.decode("ascii", errors="replace")
+    itemsize = _itemsize(name)
+    if itemsize is not None and math.prod(shape) * itemsize != len(buffer):
+        raise ValueError(f"array of shape {tuple(shape)} and dtype {name}: {len(buffer)} bytes do not fit "
+                              f"({math.prod(shape) * itemsize} expected)")
+    return RawArray(tuple(shape), name, buffer)
+
+
+class _Tuple:
+    """An orbax tuple (ext 4) not decoded yet: `data` is its msgpack list."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
+    """Leaves of flax's extension types. A tuple is left packed (`_Tuple`) for `_unfold`:
+    unpacking it here would make msgpack call itself once per level of nesting."""
     if code in (EXT_NDARRAY, EXT_NPSCALAR):
-        fields = msgpack.unpackb(data, raw=True)
-        if code == EXT_NPSCALAR and len(fields) == 2:  # (dtype, bytes): tolerated, flax writes a 0-d array
-            fields = [[], *fields]
-        shape, dtype, buffer = fields
-        return RawArray(tuple(int(n) for n in shape), dtype.decode("ascii"), bytes(buffer))
+        return _array_leaf(code, data)
     if code == EXT_COMPLEX:
-        real, imag = msgpack.unpackb(data)
-        return complex(real, imag)
+        parts = msgpack.unpackb(data, **_limits(len(data)))
+        if not (isinstance(parts, (list, tuple)) and len(parts) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in parts)):
+            raise ValueError("malformed complex leaf")
+        return complex(*parts)
     if code == EXT_TUPLE:
-        return tuple(msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook))
+        return _Tuple(data)
     return msgpack.ExtType(code, data)
+
+
+def _unfold(value: Any) -> Any:
+    """`value` with every `_Tuple` decoded into a tuple, level by level with an explicit stack;
+    ValueError if maps, arrays and tuples nest deeper than MAX_NESTING."""
+    root = [value]
+    stack: list[tuple[Any, Any, int]] = [(root, 0, 0)]  # (container, key, depth of the value)
+    tuples: list[tuple[Any, Any]] = []  # decoded tuples as lists, frozen (children first) at the end
+    while stack:
+        parent, key, depth = stack.pop()
+        node = parent[key]
+        if isinstance(node, _Tuple):
+            node = msgpack.unpackb(node.data, raw=False, strict_map_key=False, ext_hook=_ext_hook,
+                                   **_limits(len(node.data)))
+            if not isinstance(node, list):
+                raise ValueError("malformed tuple leaf (not a list)")
+            parent[key] = node
+            tuples.append((parent, key))
+        if isinstance(node, (dict, list)):
+            if depth >= MAX_NESTING:
+                raise ValueError(f"maps, arrays and tuples nested deeper than {MAX_NESTING}: not a Flax train state")
+            stack.extend((node, k, depth + 1) for k in (node.keys() if isinstance(node, dict) else range(len(node))))
+    for parent, key in reversed(tuples):
+        parent[key] = tuple(parent[key])
+    return root[0]
 
 
 class _HashingReader:
@@ -131,12 +212,14 @@ def read_tree(path: str | Path, only: Collection[str] | None = None) -> tuple[di
     still read, so a truncated or corrupt file is refused whichever entry it breaks.
     """
     path = Path(path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise ConversionError(f"{path}: file is empty")
     with open(path, "rb") as fh:
         reader = _HashingReader(fh)
-        unpacker = msgpack.Unpacker(reader, read_size=_READ_SIZE, max_buffer_size=0, raw=False,
-                                    strict_map_key=False, ext_hook=_ext_hook)
+        buffer = min(size, 2**32 - 1)  # no object can be larger than the file
+        unpacker = msgpack.Unpacker(reader, read_size=min(_READ_SIZE, buffer), max_buffer_size=buffer, raw=False,
+                                    strict_map_key=False, ext_hook=_ext_hook, **_limits(size))
         state: dict[str, Any] = {}
         try:
             try:
@@ -146,8 +229,8 @@ def read_tree(path: str | Path, only: Collection[str] | None = None) -> tuple[di
                                       f"it does not start with a msgpack map ({exc})") from exc
             for _ in range(n_entries):
                 key = unpacker.unpack()
-                if only is None or key in only:
-                    state[key] = unpacker.unpack()
+                if only is None or (isinstance(key, str) and key in only):
+                    state[key] = _unfold(unpacker.unpack())
                 else:
                     unpacker.skip()
                     state[key] = SKIPPED
@@ -163,7 +246,7 @@ def read_tree(path: str | Path, only: Collection[str] | None = None) -> tuple[di
         except Exception as exc:  # msgpack raises several unrelated types for bad input
             raise ConversionError(
                 f"{path}: not a readable Flax msgpack checkpoint (truncated or corrupt?): "
-                f"{type(exc).__name__}: {exc}") from exc
+                f"{type(exc).__name__}: {safe_reason(exc)}") from exc
     return state, reader.digest.hexdigest()
 
 
@@ -181,14 +264,25 @@ def materialize(node: Any) -> Any:
 
 
 def join_chunks(node: dict[str, Any]) -> tuple[np.ndarray, str]:
-    """A chunked array map -> (array, dtype name of its chunks)."""
+    """A chunked array map -> (array, dtype name of its chunks); the declared shape must hold
+    exactly the chunks' elements, all chunks of one dtype."""
+    shape_map, chunk_map = node.get("shape"), node.get("chunks")
+    if not isinstance(shape_map, dict) or not isinstance(chunk_map, dict) or len(shape_map) > MAX_ARRAY_DIMS:
+        raise ConversionError("malformed chunked array (no shape / chunks maps)")
     try:
-        shape = tuple(int(node["shape"][str(i)]) for i in range(len(node["shape"])))
-        chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
-    except (KeyError, TypeError) as exc:
-        raise ConversionError(f"malformed chunked array ({exc})") from exc
+        shape = tuple(shape_map[str(i)] for i in range(len(shape_map)))
+        chunks = [chunk_map[str(i)] for i in range(len(chunk_map))]
+    except KeyError as exc:
+        raise ConversionError(f"malformed chunked array (no entry {safe_reason(exc)})") from exc
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ConversionError("malformed chunked array (the shape is not a list of sizes >= 0)")
     if not chunks or not all(isinstance(c, RawArray) for c in chunks):
         raise ConversionError("malformed chunked array (chunks are not arrays)")
+    if len({c.dtype for c in chunks}) != 1:
+        raise ConversionError("malformed chunked array (chunks of different dtypes)")
+    if sum(math.prod(c.shape) for c in chunks) != math.prod(shape):
+        raise ConversionError(f"malformed chunked array: its chunks do not hold the {math.prod(shape)} elements "
+                              f"of shape {shape}")
     return np.concatenate([c.decode().reshape(-1) for c in chunks]).reshape(shape), chunks[0].dtype
 
 

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 8 -m hear_mwmae.cli pretrain --recipe released --data as.csv --out runs/as
     torchrun --nnodes 8 --nproc_per_node 8 ... -m hear_mwmae.cli pretrain --recipe audiomae-base ...
     hear-mwmae pretrain --recipe audiomae-cpu-small --set model.mask_2d=true --data data/demo10 --out runs/a
-    hear-mwmae pretrain-export runs/demo weights/demo-tiny.pt
+    hear-mwmae pretrain-export runs/demo demo.pt
     hear-mwmae pretrain --list-recipes
 """
 
@@ -115,12 +115,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override a config field, e.g. --set model.depth=6 --set warmup_epochs=1 "
                         "--set model.mask_2d=true --set model.decoder_kind=mwmha (repeatable)")
     p.add_argument("--batch-size", type=int, help="global batch per optimiser step")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the data (unless --max-steps is given)")
     p.add_argument("--max-steps", type=int, help="total optimiser steps (overrides epochs)")
     p.add_argument("--lr", type=float, help="base lr per 256 samples")
     p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-steps")
     p.add_argument("--workers", type=int, help="DataLoader workers per process")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of initialisation, crops, masks and data order (default 0)")
     p.add_argument("--checkpoint-every", type=int, help="optimiser steps between checkpoints (0: each epoch)")
     p.add_argument("--log-every", type=int, help="optimiser steps between metrics lines")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -328,10 +328,15 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
             epoch, pos = divmod(step, self.steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = self.epoch_order(epoch), epoch
-            batch = order[pos * self.batch_size : (pos + 1) * self.batch_size]
-            mine = batch[self.rank * share : (self.rank + 1) * share]
+            first = pos * self.batch_size + self.rank * share  # position of this rank's share in the epoch
+            mine = order[first : first + share]
             for a in range(self.accum_steps):
-                yield [(epoch, int(i)) for i in mine[a * micro : (a + 1) * micro]]
+                yield [self.key(epoch, first + a * micro + j, int(i))
+                       for j, i in enumerate(mine[a * micro : (a + 1) * micro])]
+
+    def key(self, epoch: int, position: int, index: int) -> tuple[int, ...]:
+        """The dataset key of the clip `index` at `position` of epoch `epoch`: (epoch, index)."""
+        return epoch, index
 
 
 __all__ = ["Clip", "CropDataset", "SKIPPED_NAME", "Sample", "SkippedFiles", "StepSampler", "collate", "find_files",

@@ -36,8 +36,48 @@ RUNTIME_FIELDS = frozenset({"num_workers", "log_every", "checkpoint_every", "cac
 SHORT_CLIP_PADS = ("centre", "end")
 
 
+class RecipeBase:
+    """What pre-training and fine-tuning recipes share: a global batch of `batch_size` samples
+    over all processes and `accum_steps`, `epochs` or `max_steps`, a warm-up of
+    `warmup_epochs`, peak lr = base_lr x batch_size / 256; the fields named in `RUNTIME_FIELDS`
+    may change on resume; a subclass defines `to_dict`."""
+
+    batch_size: int
+    accum_steps: int
+    epochs: int
+    max_steps: int
+    warmup_epochs: float
+    base_lr: float
+
+    @property
+    def peak_lr(self) -> float:
+        return self.base_lr * self.batch_size / 256
+
+    def micro_batch(self, world_size: int) -> int:
+        per_step = world_size * self.accum_steps
+        if self.batch_size % per_step:
+            raise ValueError(f"batch_size {self.batch_size} not divisible by world_size x accum_steps = {per_step}")
+        return self.batch_size // per_step
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.max_steps if self.max_steps > 0 else self.epochs * steps_per_epoch
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        return min(round(self.warmup_epochs * steps_per_epoch), self.total_steps(steps_per_epoch))
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def result_fields(self) -> dict[str, Any]:
+        """Everything except RUNTIME_FIELDS: what must match when a run is resumed."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RecipeBase):
     """A pre-training run. `batch_size` is global: samples per optimiser step over all
     processes and accumulation micro-steps (micro-batch = batch_size / (world * accum_steps)).
 
@@ -95,25 +135,9 @@ class TrainConfig:
         self.mwmae_config()  # model and frontend must fit together (raises otherwise)
 
     @property
-    def peak_lr(self) -> float:
-        return self.base_lr * self.batch_size / 256
-
-    @property
     def crop_frames(self) -> int:
         """Spectrogram frames per training example (200 = 2 s for MW-MAE, 1024 for Audio-MAE)."""
         return self.model.img_size[0]
-
-    def micro_batch(self, world_size: int) -> int:
-        per_step = world_size * self.accum_steps
-        if self.batch_size % per_step:
-            raise ValueError(f"batch_size {self.batch_size} not divisible by world_size x accum_steps = {per_step}")
-        return self.batch_size // per_step
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        return self.max_steps if self.max_steps > 0 else self.epochs * steps_per_epoch
-
-    def warmup_steps(self, steps_per_epoch: int) -> int:
-        return min(round(self.warmup_epochs * steps_per_epoch), self.total_steps(steps_per_epoch))
 
     def mwmae_config(self) -> MWMAEConfig:
         """The model + frontend config that exported checkpoints carry."""
@@ -151,12 +175,6 @@ class TrainConfig:
                 f"{masking}{', norm_pix' if m.norm_pix_loss else ''}, batch {self.batch_size}, {length} "
                 f"(warm-up {self.warmup_epochs:g}), peak lr {self.peak_lr:.3g}, {decay}")
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def result_fields(self) -> dict[str, Any]:
-        """Everything except RUNTIME_FIELDS: what must match when a run is resumed."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
 def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
@@ -234,8 +252,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Apply `key=value` overrides; `model.x` / `frontend.x` reach the nested configs."""
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply `key=value` overrides to a recipe (a `TrainConfig`, or any frozen config with
+    `to_dict` / `from_dict`, e.g. fine-tuning's); `model.x` / `frontend.x` reach nested configs."""
     data = cfg.to_dict()
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -250,7 +269,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         if leaf not in target or isinstance(target[leaf], dict):
             raise ValueError(f"unknown override key {key!r} (nested fields are set one by one: model.depth=6)")
         target[leaf] = _parse_value(raw.strip())
-    return TrainConfig.from_dict(data)
+    return type(cfg).from_dict(data)
 
 
 def get_recipe(name: str, overrides: list[str] | None = None) -> TrainConfig:
@@ -259,4 +278,4 @@ def get_recipe(name: str, overrides: list[str] | None = None) -> TrainConfig:
     return apply_overrides(RECIPES[name], overrides or [])
 
 
-__all__ = ["RECIPES", "RUNTIME_FIELDS", "SHORT_CLIP_PADS", "TrainConfig", "apply_overrides", "get_recipe", "lr_at"]
+__all__ = ["RECIPES", "RUNTIME_FIELDS", "SHORT_CLIP_PADS", "RecipeBase", "TrainConfig", "apply_overrides", "get_recipe", "lr_at"]

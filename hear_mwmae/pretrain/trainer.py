@@ -1,4 +1,4 @@
-"""The pre-training loop: one process, or many under `torchrun` (DDP).
+"""Pre-training: one process, or many under `torchrun` (DDP), on the shared loop (`loop.py`).
 
 Per optimiser step: set the scheduled lr, run `accum_steps` micro-batches (gradients are
 synchronised across processes only on the last one), clip (optional), AdamW step. Each
@@ -21,11 +21,9 @@ and warned about once.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
-import math
 import platform
 import time
 from dataclasses import dataclass
@@ -33,15 +31,14 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..model import MWMAE, set_fused_attention
-from . import distributed
+from . import distributed, loop
 from .data import SKIPPED_NAME, CropDataset, SkippedFiles, StepSampler, collate, scan
+from .loop import LossFn
 from .metrics import METRICS_NAME, PLOT_NAME, MetricsLog, plot_loss_curve
-from .recipes import TrainConfig, lr_at
+from .recipes import TrainConfig
 from .state import CHECKPOINT_NAME, load_train_state, restore_rng, save_train_state
 
 log = logging.getLogger(__name__)
@@ -94,35 +91,31 @@ def build_model(cfg: TrainConfig, dev: torch.device) -> tuple[MWMAE, torch.optim
 Batch = tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]  # what `data.collate` returns
 
 
+def mae_loss(model: MWMAE) -> LossFn:
+    """The pre-training loss of a micro-batch (crops (B, T, F), masking noise (B, mask_noise_size),
+    damaged clips): masks from the noise, the MAE loss through `net` (the model or its DDP wrapper)."""
+    def loss(net: torch.nn.Module, batch: Batch, dev: torch.device) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+        x, noise, skipped = batch
+        x, noise = x.to(dev, non_blocking=True), noise.to(dev, non_blocking=True)
+        ids_keep, ids_restore, _ = model.random_masking(x.shape[0], dev, noise=noise)
+        return net(x, ids_keep, ids_restore).loss, skipped
+    return loss
+
+
+def amp_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    return torch.bfloat16 if cfg.bf16 else None
+
+
 def optimizer_step(cfg: TrainConfig, model: MWMAE, net: torch.nn.Module, opt: torch.optim.Optimizer,
                    batches: Iterator[Batch], lr: float, dev: torch.device,
                    ddp: bool) -> tuple[torch.Tensor, list[tuple[int, str]]]:
-    """One optimiser step over `accum_steps` micro-batches.
+    """One pre-training optimiser step over `accum_steps` micro-batches (`loop.optimizer_step`).
 
     Returns the mean loss (a 0-d tensor) and the damaged clips the batches reported.
     `net` is `model`, or its DDP wrapper (gradients are all-reduced on the last micro-batch only).
     """
-    for group in opt.param_groups:
-        group["lr"] = lr
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
-    total = torch.zeros((), device=dev)
-    damaged: list[tuple[int, str]] = []
-    for micro_step in range(cfg.accum_steps):
-        x, noise, skipped = next(batches)  # (B, T, F) crops, (B, mask_noise_size) masking noise
-        damaged += skipped
-        x, noise = x.to(dev, non_blocking=True), noise.to(dev, non_blocking=True)
-        ids_keep, ids_restore, _ = model.random_masking(x.shape[0], dev, noise=noise)
-        last = micro_step == cfg.accum_steps - 1
-        with contextlib.nullcontext() if last or not ddp else net.no_sync():
-            with autocast:
-                loss = net(x, ids_keep, ids_restore).loss
-            (loss / cfg.accum_steps).backward()
-        total += loss.detach().float() / cfg.accum_steps
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return total, damaged
+    return loop.optimizer_step(net, opt, batches, mae_loss(model), lr=lr, accum_steps=cfg.accum_steps,
+                               grad_clip=cfg.grad_clip, dev=dev, ddp=ddp, amp=amp_dtype(cfg))
 
 
 def _check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
@@ -131,23 +124,6 @@ def _check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
     if diff:
         raise ValueError(f"the checkpoint was trained with different settings ({', '.join(diff)}); "
                          "resume with the run's own train_config.json (omit --recipe/--set)")
-
-
-def _record_damaged(found: dict[int, str], clips: list, skipped: SkippedFiles, info: distributed.DistInfo) -> None:
-    """Gather the damaged clips every process met; on rank 0 list the new ones and warn once each.
-
-    Called by every process at the same steps (a collective under DDP)."""
-    merged: dict[int, str] = {}
-    for part in distributed.gather_objects(sorted(found.items()), info):
-        merged.update(part)
-    if not info.is_main:
-        return
-    new = [i for i in sorted(merged) if skipped.add(clips[i].path, merged[i])]
-    for i in new:
-        log.warning("damaged file %s (%s): trained on the next clip in its place; listed in %s",
-                    clips[i].path, merged[i], skipped.path.name)
-    if new:
-        skipped.write()
 
 
 def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, *, resume: bool = False,
@@ -214,19 +190,13 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
         (run_dir / "run.json").write_text(json.dumps(facts, indent=2) + "\n")
 
     model, opt = build_model(cfg, dev)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        log.info("resuming %s at step %d of %d", run_dir, start, total)
-    net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
-        if info.enabled else model
+    net = loop.restore_and_wrap(model, opt, state, dev, info)
 
     sampler = StepSampler(len(clips), cfg.batch_size, info.world_size, info.rank, cfg.accum_steps, cfg.seed,
                           start, stop)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate,
                         pin_memory=dev.type == "cuda", persistent_workers=False)
     metrics = MetricsLog(run_dir, resume_step=start if state is not None else None) if info.is_main else None
-    ckpt_every = cfg.checkpoint_every or steps_per_epoch
     log.info("%d clips, %d steps/epoch, steps %d..%d of %d (warm-up %d), global batch %d = %d process(es) x "
              "%d micro-step(s) x %d, peak lr %.3g, device %s", len(clips), steps_per_epoch, start, stop, total,
              warmup, cfg.batch_size, info.world_size, cfg.accum_steps, micro, cfg.peak_lr, dev)
@@ -235,50 +205,32 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path], run_dir: str | Path, 
     can_plot = importlib.util.find_spec("matplotlib") is not None
     if info.is_main and not can_plot:
         log.warning("matplotlib is not installed (pip install 'hear-mwmae[train]'): no %s will be drawn", PLOT_NAME)
-    step, last_loss, plotted = start, None, time.perf_counter()
-    window_loss, window_steps, window_start = torch.zeros((), device=dev), 0, time.perf_counter()
-    damaged: dict[int, str] = {}  # found by this process since the last metrics line
+    plotted = time.perf_counter()
     batches = iter(loader)  # draws the loader's base seed from the global generator
     if state is not None:
         # Restored only now, so that the global generators (e.g. the Swin decoder's dropout)
         # continue exactly where the checkpointed run left them, whatever setup drew before.
         restore_rng(state["rng"])
     model.train()
-    with tqdm(total=stop, initial=start, disable=not info.is_main, desc="pretrain", unit="step") as bar:
-        while step < stop:
-            lr = lr_at(step, cfg.peak_lr, warmup, total, cfg.min_lr)
-            loss, found = optimizer_step(cfg, model, net, opt, batches, lr, dev, info.enabled)
-            window_loss += loss
-            damaged.update(found)
-            step += 1
-            window_steps += 1
-            bar.update(1)
 
-            if step % cfg.log_every == 0 or step == stop:
-                _record_damaged(damaged, clips, skipped, info)
-                damaged = {}
-                last_loss = distributed.mean_across(window_loss / window_steps, info).item()
-                if not math.isfinite(last_loss):
-                    raise FloatingPointError(f"loss became {last_loss} at step {step}; lower the lr or enable grad_clip")
-                elapsed = time.perf_counter() - window_start
-                if metrics is not None:
-                    metrics.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": last_loss,
-                                   "lr": lr, "samples_per_s": round(window_steps * cfg.batch_size / elapsed, 2),
-                                   "time_s": round(earlier_s + time.perf_counter() - began, 2)})
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
-                window_loss.zero_()
-                window_steps, window_start = 0, time.perf_counter()
+    def save(step: int, last_loss: float | None) -> None:
+        nonlocal plotted
+        if info.is_main:
+            save_train_state(ckpt_path, train_config=cfg.to_dict(), step=step, model=model.state_dict(),
+                             optimizer=opt.state_dict(), world_size=info.world_size, last_loss=last_loss,
+                             data=data_facts, seconds=earlier_s + time.perf_counter() - began)
+            if can_plot and (step == stop or time.perf_counter() - plotted > PLOT_INTERVAL_S):
+                plot_loss_curve(run_dir / METRICS_NAME, run_dir / PLOT_NAME,
+                                title=f"{cfg.model.family} pre-training, recipe {cfg.name}")
+                plotted = time.perf_counter()
+        distributed.barrier(info)
 
-            if step % ckpt_every == 0 or step == stop:
-                if info.is_main:
-                    save_train_state(ckpt_path, train_config=cfg.to_dict(), step=step, model=model.state_dict(),
-                                     optimizer=opt.state_dict(), world_size=info.world_size, last_loss=last_loss,
-                                     data=data_facts, seconds=earlier_s + time.perf_counter() - began)
-                    if can_plot and (step == stop or time.perf_counter() - plotted > PLOT_INTERVAL_S):
-                        plot_loss_curve(run_dir / METRICS_NAME, run_dir / PLOT_NAME,
-                                        title=f"{cfg.model.family} pre-training, recipe {cfg.name}")
-                        plotted = time.perf_counter()
-                distributed.barrier(info)
+    sched = loop.Schedule(start, stop, total, warmup, steps_per_epoch, cfg.peak_lr, cfg.min_lr, cfg.batch_size)
+    step, last_loss = loop.run_steps(
+        sched, net, opt, batches, mae_loss(model), accum_steps=cfg.accum_steps, grad_clip=cfg.grad_clip, dev=dev,
+        info=info, metrics=metrics, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, save=save,
+        paths=[c.path for c in clips], skipped=skipped, amp=amp_dtype(cfg),
+        elapsed_before=earlier_s + time.perf_counter() - began, desc="pretrain")
 
     seconds = time.perf_counter() - began
     log.info("stopped at step %d of %d after %.1f s; last loss %s", step, total, seconds,

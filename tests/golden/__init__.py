@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 FOLDER = HERE  # where the bundles are read from (scripts/vendor_golden.py checks its output there)
 FLAX_FIXTURES = ("mwmae_tiny", "mae_cls_tiny", "mwmae_shift_tiny")
 AUDIOMAE_FIXTURES = ("audiomae_tiny", "audiomae_swin_tiny")
+FINETUNE_FIXTURES = ("audiomae_ft_tiny",)  # the authors' fine-tuned classifier (models_vit) and one fine-tuning step
 EXT_NDARRAY, EXT_NPSCALAR = 1, 3  # flax.serialization's msgpack extension codes
 
 

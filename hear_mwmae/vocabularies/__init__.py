@@ -1,0 +1,1 @@
+"""Label vocabularies shipped as package data (see README.md here)."""
