@@ -12,11 +12,14 @@ Configurations are `<strategy>-<precision>[-compile | -unfused]`:
         (plain `nn.Linear`; bf16 then runs under autocast).
   ort   `ours` with the encoder exported to ONNX and run by ONNX Runtime (fp32, or int8 by
         its dynamic quantisation; export time not counted); frontend in torch. CPU only.
-e.g. loop-fp32, ours-fp32, ours-int8, ours-bf16, ours-fp32-unfused, ort-fp32, ort-int8.
+  tag   `MWMAERuntime.logits` of the same encoder with a random classifier head (527 classes,
+        mean pooling, as the Audio-MAE authors' fine-tuned model): the same chunks, each
+        chunk's logits averaged per clip; compared with `tag-fp32` of its family.
+e.g. loop-fp32, ours-fp32, ours-int8, ours-bf16, ours-fp32-unfused, ort-fp32, ort-int8, tag-int8.
 A `family:` prefix runs a configuration on the other model family in the same invocation
 (`audiomae:ours-fp32` beside `ours-fp32` with the default `--family mwmae`); `--families
 mwmae,audiomae` runs every unprefixed configuration for each family. Each family's
-`ours-fp32` is its reference; `ours-<p>` is also compared with `ort-<p>` of its family.
+`ours-fp32` is its reference (`tag-fp32` for `tag-*`); `ours-<p>` is also compared with `ort-<p>` of its family.
 
 Every (workload, configuration) runs in a fresh subprocess, so peak memory is per
 configuration: on CPU the peak RSS (`ru_maxrss`) minus the RSS just before the timed runs,
@@ -30,8 +33,9 @@ process, between the timed runs, the worker times the plain matrix products of V
 precision uses (fp32 / bf16: the best of `F.linear` and oneDNN's `FusedLinear`; int8:
 `Int8Linear`, one input scale per chunk) and reports the best as the GEMM figure beside the
 encoder's GFLOP/s; `enc/GEMM` is the fraction of that figure the whole encoder reaches.
-Embeddings of every configuration are compared with `ours-fp32` on the same clips: relative
-error ||x - ref|| / ||ref||, max |x - ref| / max |ref| and the worst per-step cosine.
+Embeddings of every configuration are compared with `ours-fp32` (logits of `tag-*` with
+`tag-fp32`) on the same clips: relative error ||x - ref|| / ||ref||, max |x - ref| / max |ref|
+and the worst cosine over steps (tag: over clips).
 Weights are random (seeded), `--size base` and `--family mwmae` by default. The report
 starts with the CPU model, torch version, int8 engine and any forced instruction set
 (`ONEDNN_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`).
@@ -63,7 +67,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hear_mwmae.config import FbankConfig, FrontendConfig, MWMAEConfig, ModelConfig, audiomae_config, model_config
+from hear_mwmae.classifier import Classifier
+from hear_mwmae.config import (FbankConfig, FrontendConfig, HeadConfig, MWMAEConfig, ModelConfig, audiomae_config,
+                               model_config)
 from hear_mwmae.frontend import build_frontend, reflect_indices
 from hear_mwmae.model import MWMAE
 from hear_mwmae.runtime import AUTOCAST, PRECISIONS, MWMAERuntime
@@ -78,7 +84,8 @@ WORKLOADS: dict[str, tuple[int, float]] = {  # name -> (clips, seconds per clip)
     "64x10s": (64, 10.0), "512x2s": (512, 2.0),  # GPU sizes
     "2x2s": (2, 2.0), "1x3s": (1, 3.0)}  # smoke tests
 CONFIGS = ("loop-fp32", "ours-fp32", "ours-bf16", "ours-int8")
-STRATEGIES = ("loop", "ours", "ort")
+STRATEGIES = ("loop", "ours", "ort", "tag")
+HEAD_CLASSES = 527  # AudioSet's classes: the size of the released fine-tuned head
 FAMILIES = ("mwmae", "audiomae")
 
 
@@ -92,9 +99,10 @@ def split_family(name: str, default: str) -> tuple[str, str]:
 
 
 def reference_of(name: str) -> str:
-    """The configuration `name` is compared with: ours-fp32 of the same family prefix."""
-    prefix, sep, _ = name.rpartition(":")
-    return f"{prefix}:ours-fp32" if sep else "ours-fp32"
+    """The configuration `name` is compared with: ours-fp32 (tag-fp32 for tag-*) of the same family prefix."""
+    prefix, sep, config = name.rpartition(":")
+    ref = "tag-fp32" if config.startswith("tag-") else "ours-fp32"
+    return f"{prefix}:{ref}" if sep else ref
 
 
 def ort_of(name: str) -> str | None:
@@ -156,19 +164,21 @@ def parse_config(name: str) -> tuple[str, str, str]:
         raise ValueError(f"configuration {name!r}: strategy in {STRATEGIES}, precision in {list(PRECISIONS)}")
     if strategy == "ort" and precision not in ("fp32", "int8"):
         raise ValueError(f"configuration {name!r}: ONNX Runtime runs fp32 or int8")
-    if variant and strategy != "ours":
+    if variant and strategy != "ours":  # tag-* runs the runtime's default kernels only
         raise ValueError(f"configuration {name!r}: only 'ours' takes -{variant}")
     if variant == "unfused" and precision not in ("fp32", "bf16"):
         raise ValueError(f"configuration {name!r}: the fusion applies to fp32 and bf16 only")
     return strategy, precision, variant
 
 
-def bench_config(family: str, size: str) -> MWMAEConfig:
-    """The config of a randomly initialised model of `family` ('mwmae' / 'audiomae') and `size`."""
+def bench_config(family: str, size: str, head: bool = False) -> MWMAEConfig:
+    """The config of a randomly initialised model of `family` ('mwmae' / 'audiomae') and `size`;
+    `head`: with a classifier of HEAD_CLASSES classes (mean pooling)."""
+    head_cfg = HeadConfig.generic(HEAD_CLASSES) if head else None
     if family == "audiomae":
-        return MWMAEConfig(model=audiomae_config(size), frontend=FbankConfig())
+        return MWMAEConfig(model=audiomae_config(size), frontend=FbankConfig(), head=head_cfg)
     if family == "mwmae":
-        return MWMAEConfig(model=model_config(size), frontend=FrontendConfig())
+        return MWMAEConfig(model=model_config(size), frontend=FrontendConfig(), head=head_cfg)
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
@@ -300,9 +310,24 @@ def compare(x: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> dic
 
 def build_runtime(cfg: MWMAEConfig, seed: int, device: torch.device, precision: str, compiled: bool = False,
                   max_chunks_per_batch: int | None = None, fuse: bool | None = None) -> MWMAERuntime:
-    """A runtime of the seeded random encoder (the same weights for every precision)."""
+    """A runtime of the seeded random encoder (the same weights for every precision), with a
+    seeded random classifier when `cfg` has a head."""
+    classifier = None
+    if cfg.head is not None:
+        torch.manual_seed(seed + 1)
+        classifier = Classifier(cfg.model, cfg.head)
+        torch.nn.init.normal_(classifier.head.weight, std=cfg.model.embed_dim ** -0.5)
     return MWMAERuntime(random_encoder(cfg, seed), cfg, device=device, precision=precision,
-                        max_chunks_per_batch=max_chunks_per_batch, compile=compiled, fuse=fuse)
+                        max_chunks_per_batch=max_chunks_per_batch, compile=compiled, fuse=fuse, classifier=classifier)
+
+
+def runner(rt: MWMAERuntime, strategy: str, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """audio (B, N) -> what the strategy computes: embeddings (B, steps, D), or logits (B, classes) for tag."""
+    if strategy == "loop":
+        return lambda x: release_loop(rt, x, precision)
+    if strategy == "tag":
+        return lambda x: rt.logits(x)[0]
+    return lambda x: rt.embed(x)[0]
 
 
 def attach_onnx(rt: MWMAERuntime, cfg: MWMAEConfig, seed: int, precision: str, folder: Path, threads: int) -> None:
@@ -334,17 +359,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    cfg = bench_config(args.family, args.size)
+    cfg = bench_config(args.family, args.size, head=strategy == "tag")
     began = time.perf_counter()
-    rt = build_runtime(cfg, args.seed, device, "fp32" if strategy != "ours" else precision, compiled,
+    rt = build_runtime(cfg, args.seed, device, precision if strategy in ("ours", "tag") else "fp32", compiled,
                        args.max_chunks_per_batch, fuse=False if variant == "unfused" else None)
     if strategy == "ort":
         attach_onnx(rt, cfg, args.seed, precision, args.onnx_dir, args.threads)
     setup_s = time.perf_counter() - began
     audio = make_audio(clips, seconds, args.seed)
 
-    def once(x: torch.Tensor) -> torch.Tensor:
-        return release_loop(rt, x, precision) if strategy == "loop" else rt.embed(x)[0]
+    once = runner(rt, strategy, precision)
 
     began = time.perf_counter()
     once(audio if compiled else audio[:1, :SR])  # warm-up: compiles every shape a compiled run meets
@@ -399,9 +423,9 @@ def interleaved(args: argparse.Namespace, workloads: list[str], labels: list[str
     for label in labels:
         family, config = split_family(label, args.family)
         strategy, precision, variant = parse_config(config)
-        cfg = bench_config(family, args.size)
+        cfg = bench_config(family, args.size, head=strategy == "tag")
         began = time.perf_counter()
-        rt = build_runtime(cfg, args.seed, device, "fp32" if strategy != "ours" else precision,
+        rt = build_runtime(cfg, args.seed, device, precision if strategy in ("ours", "tag") else "fp32",
                            variant == "compile", args.max_chunks_per_batch,
                            fuse=False if variant == "unfused" else None)
         if strategy == "ort":
@@ -421,8 +445,7 @@ def interleaved(args: argparse.Namespace, workloads: list[str], labels: list[str
         for label, su in setups.items():
             rt = su["rt"]
             began = time.perf_counter()
-            fn = (lambda rt=rt, p=su["precision"]: release_loop(rt, audio, p)) if su["strategy"] == "loop" \
-                else (lambda rt=rt: rt.embed(audio)[0])
+            fn = (lambda once=runner(rt, su["strategy"], su["precision"]): once(audio))
             su["fn"] = fn
             outs[label] = fn()  # warm-up, and the output compared below
             warmup[label] = time.perf_counter() - began
@@ -512,7 +535,7 @@ def report(results: dict[tuple[str, str], dict[str, Any]], fidelity: dict[tuple[
     to ONNX Runtime of the same precision, encoder GFLOP/s, GEMM GFLOP/s of the same run and their
     ratio, fidelity to ours-fp32, memory."""
     cuda = any("cuda_peak_mb" in r for r in results.values())
-    head = ["workload", "config", "audio s/s", "x ours-fp32", "x ort", "enc GFLOP/s", "GEMM GFLOP/s", "enc/GEMM",
+    head = ["workload", "config", "audio s/s", "x fp32", "x ort", "enc GFLOP/s", "GEMM GFLOP/s", "enc/GEMM",
             *(["of peak"] if peak_tflops else []), "rel err", "worst cos", "chunks/pass",
             "peak MB (CUDA)" if cuda else "RSS delta MB"]
     rows = []
@@ -545,7 +568,8 @@ def report(results: dict[tuple[str, str], dict[str, Any]], fidelity: dict[tuple[
     lines += ["", "audio s/s: best run; x ort: speed over ort-<same precision> of the family, same chunks; "
               "enc GFLOP/s: 2 x multiply-adds of the chunks run / best time; GEMM: the MLP's two products "
               "on one micro-batch on the run's kernels (int8: GOP/s), same process; enc/GEMM: the fraction "
-              "of it the encoder reaches; rel err / worst cos: embeddings vs ours-fp32 (worst cosine over steps)",
+              "of it the encoder reaches; x fp32, rel err / worst cos: speed and embeddings vs ours-fp32 of the family "
+              "(tag-*: logits vs tag-fp32; worst cosine over steps / clips)",
               "", "per run: workload config | times (s) | median (s) | chunks | setup s | warm-up s | "
               "peak RSS MB (abs)"]
     for (w, c), r in results.items():

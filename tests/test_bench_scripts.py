@@ -63,7 +63,9 @@ def test_bench_helpers():
     assert rb.parse_config("ours-fp32-compile") == ("ours", "fp32", "compile")
     assert rb.parse_config("ours-fp32-unfused") == ("ours", "fp32", "unfused")
     assert rb.parse_config("ort-int8") == ("ort", "int8", "")
-    for bad in ("ort-bf16", "loop-fp32-compile", "ours-int4", "ours", "ours-int8-unfused", "ours-fp32-fast"):
+    assert rb.parse_config("tag-bf16") == ("tag", "bf16", "")
+    assert rb.reference_of("audiomae:tag-int8") == "audiomae:tag-fp32" and rb.reference_of("ours-int8") == "ours-fp32"
+    for bad in ("ort-bf16", "loop-fp32-compile", "tag-fp32-unfused", "ours-int4", "ours", "ours-int8-unfused", "ours-fp32-fast"):
         with pytest.raises(ValueError):
             rb.parse_config(bad)
     cfg = rb.bench_config("mwmae", "base")
@@ -111,7 +113,8 @@ def test_runtime_bench_in_process_interleaves_families_and_compares(tmp_path, ca
     threads = torch.get_num_threads()
     try:
         assert rb.main(["--in-process", "--size", "tiny", "--workloads", "1x3s", "--repeats", "2",
-                        "--configs", "ours-fp32,ours-fp32-unfused,audiomae:ours-fp32,audiomae:ours-int8",
+                        "--configs", "ours-fp32,ours-fp32-unfused,audiomae:ours-fp32,audiomae:ours-int8,"
+                                     "audiomae:tag-fp32,audiomae:tag-int8",
                         "--json", str(tmp_path / "i.json")]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -120,8 +123,11 @@ def test_runtime_bench_in_process_interleaves_families_and_compares(tmp_path, ca
     assert all(len(r["times_s"]) == 2 and r["gemm_gflops"] > 0 for r in runs.values())
     assert runs["audiomae:ours-fp32"]["output_shape"] == [1, 19, 1536] and runs["ours-fp32"]["output_shape"][1] == 76
     fid = {f["config"]: f for f in data["fidelity_vs_ours_fp32"]}
-    assert set(fid) == {"ours-fp32-unfused", "audiomae:ours-int8"}  # each against its own family's ours-fp32
+    # each against its own family's ours-fp32; the classifier's logits against tag-fp32
+    assert set(fid) == {"ours-fp32-unfused", "audiomae:ours-int8", "audiomae:tag-int8"}
     assert fid["ours-fp32-unfused"]["rel_err"] < 1e-5 and 0.99 < fid["audiomae:ours-int8"]["worst_cos"] < 1.0
+    assert runs["audiomae:tag-int8"]["output_shape"] == [1, rb.HEAD_CLASSES]  # logits per clip
+    assert 0.99 < fid["audiomae:tag-int8"]["worst_cos"] < 1.0
     assert "audiomae:ours-int8" in capsys.readouterr().out
 
 
