@@ -290,7 +290,9 @@ print("ok", qkv.engine, cos)
     ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, ("onednn", "torch.float32", False)),
     # AVX-512 VNNI and BF16 without AMX (Zen 4 / Cooper Lake): oneDNN int8, bfloat16 attention
     ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, ("onednn", "torch.bfloat16", False)),
-], ids=["avx2", "avx512-vnni", "avx512-bf16"])
+    # AMX (Sapphire Rapids and later): oneDNN's AMX int8 / bf16 kernels, capped at nothing lower
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, ("onednn", "torch.bfloat16", False)),
+], ids=["avx2", "avx512-vnni", "avx512-bf16", "amx"])
 def test_forced_older_cpu_kinds(tiny_checkpoint, isa, expect):
     """The int8 (and bf16) paths of older CPU kinds, forced on this one: right engine, close to
     fp32, batch-invariant. Needs a CPU that has the capped instruction sets (or more)."""
@@ -305,6 +307,8 @@ def test_forced_older_cpu_kinds(tiny_checkpoint, isa, expect):
         pytest.skip("needs an x86-64 CPU with AVX-512 VNNI to force the older kinds")
     if "BF16" in isa["ONEDNN_MAX_CPU_ISA"] and "avx512_bf16" not in cpu_flags():
         pytest.skip("needs AVX-512-BF16")
+    if "AMX" in isa["ONEDNN_MAX_CPU_ISA"] and "amx_int8" not in cpu_flags():
+        pytest.skip("needs AMX-INT8 / AMX-BF16")
     code = FORCED.format(tests=str(Path(__file__).parent), ckpt=str(tiny_checkpoint), expect=expect)
     env = {**os.environ, **isa, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
                                                                 os.environ.get("PYTHONPATH", "")])}
