@@ -170,7 +170,8 @@ class MWMAERuntime(nn.Module):
 
     precision: "fp32"; "bf16" / "fp16" (autocast, except fused bf16 on the CPU); "int8" (CPU
     only: the blocks' linear layers quantised once, here, by `quantize.quantize_encoder`, the
-    encoder run one chunk at a time so that results do not depend on the micro-batch; raises
+    encoder (and for `logits` the classifier) run one chunk at a time so that embeddings and
+    logits do not depend on the micro-batch; raises
     `Int8Unavailable` where no fast int8 kernels exist). compile: run the encoder through
     `torch.compile` (compiled on the first call of each new micro-batch shape family; batch
     size is dynamic). fuse: fp32 / bf16 on the CPU, the blocks' linear layers as oneDNN
