@@ -447,17 +447,23 @@ def _hear_table(res: dict[str, Any], family: str) -> str:
 
 
 def _license(inputs: CardInputs) -> str:
-    spdx = license_of(inputs.ckpt.provenance)
+    provenance = inputs.ckpt.provenance
+    spdx = license_of(provenance)
+    # the authors' release is named only where the licence comes from it, not from the owner's choice
+    inherited = license_of({k: v for k, v in provenance.items() if k != "license"})
+    from_authors = bool(spdx and inherited and inherited.lower() == spdx.lower())
     if not spdx:
         text = ("Not stated. These weights were made by their owner with hear-mwmae; the licence is the owner's "
                 "choice (`hear-mwmae save-pretrained --license SPDX-ID`).")
     else:
         text = f"**{spdx}**"
-        if "-nc" in spdx.lower():
+        if from_authors and "-nc" in spdx.lower():
             text += (": non-commercial use only. The weights derive from the Audio-MAE authors' release "
                      "(github.com/facebookresearch/AudioMAE), which is licensed CC-BY-NC 4.0.")
-        elif spdx.lower() == "apache-2.0" and inputs.ckpt.config.model.family == "mwmae":
+        elif from_authors and spdx.lower() == "apache-2.0" and inputs.ckpt.config.model.family == "mwmae":
             text += ", the licence of the MW-MAE authors' release (github.com/SarthakYadav/mwmae-jax-official)."
+        elif not inherited:
+            text += ", chosen by the weights' owner."
         else:
             text += "."
     return f"## Licence\n\n{text} The hear-mwmae library itself is MIT-licensed."

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +76,8 @@ def tiny_model(tiny_checkpoint):
 def one_thread():
     """Tiny models run faster on one thread, and much faster on a busy machine. A module opts in
     with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 def assert_fused_and_reference_agree(module: torch.nn.Module, x: torch.Tensor) -> None:
@@ -104,6 +106,26 @@ def child_env(**extra: str) -> dict[str, str]:
 
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def torchrun_cli(*argv: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc_per_node NPROC -m hear_mwmae.cli ARGV...`, one thread per
+    process (gloo on the CPU), output captured."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "hear_mwmae.cli", *argv]
+    return subprocess.run(cmd, env=child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """torch on one CPU thread inside the block, like each torchrun child of `torchrun_cli`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def max_abs(a, b) -> float:

@@ -5,8 +5,6 @@ same metrics (each process scores half of the validation and test clips)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from hear_mwmae.finetune.recipes import get_recipe
 from hear_mwmae.finetune.trainer import finetune
 from hear_mwmae.pretrain.metrics import read_metrics
 
-from conftest import REPO, child_env
+from conftest import REPO, single_thread, torchrun_cli
 
 OVERRIDES = ["batch_size=8", "epochs=2", "warmup_epochs=0.5", "base_lr=0.05", "num_workers=0", "log_every=1",
              "mixup=0.5"]
@@ -28,19 +26,12 @@ OVERRIDES = ["batch_size=8", "epochs=2", "warmup_epochs=0.5", "base_lr=0.05", "n
 def test_two_gloo_processes_match_one_process(tmp_path):
     (task,) = [t for t in make_tasks(tmp_path / "tasks", clips_per_split=16) if t.name == "synth_scene_multiclass"]
     demo = str(REPO / "weights" / "demo-tiny.pt")
-    env = child_env(OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "hear_mwmae.cli", "finetune", "--recipe", "cpu-small", "--model", demo, "--task", str(task),
-           "--out", str(tmp_path / "ddp"), "--device", "cpu", *[a for o in OVERRIDES for a in ("--set", o)]]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun_cli("finetune", "--recipe", "cpu-small", "--model", demo, "--task", str(task),
+                        "--out", str(tmp_path / "ddp"), "--device", "cpu",
+                        *[a for o in OVERRIDES for a in ("--set", o)])
     assert done.returncode == 0, done.stderr[-3000:]
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         finetune(get_recipe("cpu-small", OVERRIDES), demo, task, tmp_path / "single", device="cpu")
-    finally:
-        torch.set_num_threads(threads)
 
     runs = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in ("ddp", "single")}
     assert runs["ddp"]["world_size"] == 2 and runs["single"]["world_size"] == 1

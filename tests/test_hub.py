@@ -114,7 +114,9 @@ def test_save_then_load_gives_the_same_weights_outputs_and_a_card(models, tmp_pa
     assert "```python\nimport hear_mwmae\nmodel = hear_mwmae.load_model(" in card.text
     assert f"{after.config.model.embedding_size}-d" in card.text and "## Provenance" in card.text
     if license == "cc-by-nc-4.0":
-        assert "non-commercial" in card.text
+        assert "non-commercial" in card.text and "Audio-MAE authors' release" in card.text
+    if kind == "mwmae":
+        assert "the licence of the MW-MAE authors' release" in card.text
     if kind in ("mwmae", "audiomae-swin", "audiomae-ft"):
         assert before.provenance["source_sha256"] in card.text  # the authors' file and its hash
     if kind == "demo":
@@ -157,6 +159,11 @@ def test_encoder_only_folders_and_folders_that_are_not_empty(models, tmp_path, c
     assert cli.main(["save-pretrained", str(models["demo"]), str(out), "--force", "--license", "MIT"]) == 0
     assert load_checkpoint(out).provenance["license"] == "MIT" and (out / ".gitattributes").is_file()
     assert hf.ModelCard.load(out / "README.md").data.license == "mit"
+    assert "**MIT**, chosen by the weights' owner." in (out / "README.md").read_text()
+    # our own pre-training relicensed Apache-2.0 is not the MW-MAE authors' release
+    assert cli.main(["save-pretrained", str(models["demo"]), str(out), "--force", "--license", "Apache-2.0"]) == 0
+    text = (out / "README.md").read_text()
+    assert "**Apache-2.0**, chosen by the weights' owner." in text and "authors' release" not in text
     caplog.clear()
     assert cli.main(["save-pretrained", str(models["demo"]), str(tmp_path / "n"), "--repo-id", "no-owner"]) == 2
     assert "not a Hub repository id" in caplog.text and not (tmp_path / "n").exists()

@@ -3,8 +3,6 @@ for an MW-MAE and an Audio-MAE (Swin decoder, fbank, no decay on 1-D parameters)
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import soundfile as sf
@@ -18,7 +16,7 @@ from hear_mwmae.pretrain.state import load_train_state
 from hear_mwmae.pretrain.synth import make_clip
 from hear_mwmae.pretrain.trainer import train
 
-from conftest import child_env
+from conftest import single_thread, torchrun_cli
 
 COMMON = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32",
           "batch_size=8", "max_steps=3", "warmup_epochs=0.5", "base_lr=0.05", "log_every=1",
@@ -37,19 +35,11 @@ def test_two_gloo_processes_match_one_process(tmp_path, recipe):
     for i in range(16):  # 2 optimiser steps per epoch: the 3 steps cross an epoch boundary
         sf.write(corpus / f"c{i}.wav", make_clip(11, i, duration=2.3).waveform, 16000, subtype="FLOAT")
 
-    env = child_env(OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "hear_mwmae.cli", "pretrain", "--recipe", recipe, "--data", str(corpus),
-           "--out", str(tmp_path / "ddp"), "--device", "cpu", *[a for o in OVERRIDES for a in ("--set", o)]]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun_cli("pretrain", "--recipe", recipe, "--data", str(corpus), "--out", str(tmp_path / "ddp"),
+                        "--device", "cpu", *[a for o in OVERRIDES for a in ("--set", o)])
     assert done.returncode == 0, done.stderr[-3000:]
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         train(get_recipe(recipe, OVERRIDES), [corpus], tmp_path / "single", device="cpu")
-    finally:
-        torch.set_num_threads(threads)
 
     ddp, single = load_train_state(tmp_path / "ddp"), load_train_state(tmp_path / "single")
     assert ddp["world_size"] == 2 and single["world_size"] == 1 and ddp["step"] == single["step"] == 3

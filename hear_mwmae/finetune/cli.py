@@ -27,9 +27,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_FLAG_FIELDS = {"batch_size": "batch_size", "epochs": "epochs", "max_steps": "max_steps", "lr": "base_lr",
-                "accum_steps": "accum_steps", "workers": "num_workers", "seed": "seed",
-                "checkpoint_every": "checkpoint_every", "log_every": "log_every"}
+from ..pretrain.cli_flags import (add_loop_flags, check_resume_overrides, list_recipes, overrides_from, run_on_ranks,
+                                 usage_error)
 
 
 def _saved_run(out: Path | None) -> dict | None:
@@ -48,9 +47,7 @@ def _config(args: argparse.Namespace):
     from ..pretrain.recipes import apply_overrides
     from .recipes import RUNTIME_FIELDS, FinetuneConfig, get_recipe
 
-    overrides = list(args.set or [])
-    overrides += [f"{field}={getattr(args, flag)}" for flag, field in _FLAG_FIELDS.items()
-                  if getattr(args, flag) is not None]
+    overrides = overrides_from(args)
     saved = _saved_run(args.out) if args.resume else None
     if args.recipe is None and saved is None:
         from .recipes import RECIPES
@@ -59,9 +56,7 @@ def _config(args: argparse.Namespace):
     if args.recipe is not None:
         cfg = get_recipe(args.recipe, overrides)
     else:
-        changed = {o.partition("=")[0].strip() for o in overrides} - RUNTIME_FIELDS
-        if changed:
-            raise ValueError(f"a resumed run keeps its recipe; cannot change {sorted(changed)}")
+        check_resume_overrides(overrides, RUNTIME_FIELDS)
         cfg = apply_overrides(FinetuneConfig.from_dict(saved["finetune"]), overrides)
     saved = saved or {}
     for name in ("model", "task", "valid", "test", "labels"):  # a resumed run's own data and model
@@ -76,16 +71,9 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.list_recipes:
         from .recipes import RECIPES
 
-        width = max(map(len, RECIPES))
-        for name, cfg in RECIPES.items():
-            sys.stdout.write(f"{name:<{width}}  {cfg.summary()}\n")
-        sys.stdout.write("(full settings: hear-mwmae finetune --recipe NAME --show-config)\n")
-        return 0
-    import torch
-
+        return list_recipes(RECIPES, "finetune")
     from ..checkpoint import CheckpointError
     from ..labels import LabelError
-    from ..pretrain import distributed
     from .data import DataError
     from .trainer import finetune
 
@@ -98,19 +86,14 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.show_config:
         sys.stdout.write(cfg.to_json() + "\n")
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = distributed.init_from_env(args.device)
-    if not info.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        result = finetune(cfg, model, task, args.out, valid=args.valid, test=args.test, labels=args.labels,
-                          resume=args.resume, stop_at_step=args.stop_at_step, device=args.device, dist_info=info,
-                          sha256=args.sha256)
-    except (DataError, LabelError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        return _usage_error(str(exc), args)
-    finally:
-        distributed.shutdown(info)
+    code, result, info = run_on_ranks(
+        args, "finetune",
+        lambda info: finetune(cfg, model, task, args.out, valid=args.valid, test=args.test, labels=args.labels,
+                              resume=args.resume, stop_at_step=args.stop_at_step, device=args.device,
+                              dist_info=info, sha256=args.sha256),
+        (DataError, LabelError, CheckpointError, FileExistsError, FileNotFoundError, ValueError))
+    if code:
+        return code
     if info.is_main and result.results is not None:
         log.info("done: hear_mwmae.load_model('%s') tags with the fine-tuned model", _model_file(args.out))
     return 0
@@ -121,8 +104,7 @@ def _model_file(out: Path) -> Path:
 
 
 def _usage_error(message: str, args: argparse.Namespace) -> int:
-    log.error("hear-mwmae finetune: %s", message, exc_info=bool(getattr(args, "verbose", False)))
-    return 2
+    return usage_error("finetune", message, args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -142,21 +124,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help=f"named preset: {', '.join(RECIPES)}")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set epochs=20 --set mixup=0 --set multi_label=true")
-    p.add_argument("--batch-size", type=int, help="global batch per optimiser step")
-    p.add_argument("--epochs", type=int, help="passes over the training data (unless --max-steps is given)")
-    p.add_argument("--max-steps", type=int, help="total optimiser steps (overrides epochs)")
-    p.add_argument("--lr", type=float, help="base lr per 256 samples (the authors' blr)")
-    p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-steps")
-    p.add_argument("--workers", type=int, help="DataLoader workers per process")
-    p.add_argument("--seed", type=int,
-                   help="seed of the head's initialisation, augmentation and data order (default 0)")
-    p.add_argument("--checkpoint-every", type=int, help="optimiser steps between checkpoints (0: each epoch)")
-    p.add_argument("--log-every", type=int, help="optimiser steps between metrics lines")
+    add_loop_flags(p, seed_help="seed of the head's initialisation, augmentation and data order (default 0)",
+                   lr_help="base lr per 256 samples (the authors' blr)")
     p.add_argument("--sha256", help="pin the starting checkpoint's sha256")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--stop-at-step", type=int, help="stop after this step (the schedule is unchanged)")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available; under torchrun cuda:LOCAL_RANK)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--show-config", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--list-recipes", action="store_true", help="print the named recipes and exit")
     p.set_defaults(func=_finetune)

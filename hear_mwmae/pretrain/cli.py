@@ -18,10 +18,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# convenience flags -> TrainConfig fields (each is also reachable with --set FIELD=VALUE)
-_FLAG_FIELDS = {"batch_size": "batch_size", "epochs": "epochs", "max_steps": "max_steps", "lr": "base_lr",
-                "accum_steps": "accum_steps", "workers": "num_workers", "seed": "seed",
-                "checkpoint_every": "checkpoint_every", "log_every": "log_every"}
+from .cli_flags import (add_loop_flags, check_resume_overrides, list_recipes, overrides_from, run_on_ranks,
+                        usage_error)
 
 
 def _config(args: argparse.Namespace):
@@ -29,35 +27,24 @@ def _config(args: argparse.Namespace):
     from .recipes import RUNTIME_FIELDS, TrainConfig, apply_overrides, get_recipe
     from .state import CHECKPOINT_NAME, load_train_state
 
-    overrides = list(args.set or [])
-    overrides += [f"{field}={getattr(args, flag)}" for flag, field in _FLAG_FIELDS.items()
-                  if getattr(args, flag) is not None]
+    overrides = overrides_from(args)
     if args.recipe is not None:
         return get_recipe(args.recipe, overrides)
     ckpt = Path(args.out or ".") / CHECKPOINT_NAME
     if not (args.resume and args.out is not None and ckpt.exists()):
         raise ValueError(f"choose --recipe ({', '.join(_recipe_names())})")
     saved = TrainConfig.from_dict(load_train_state(ckpt)["train_config"])
-    changed = {o.partition("=")[0].strip() for o in overrides} - RUNTIME_FIELDS
-    if changed:
-        raise ValueError(f"a resumed run keeps its recipe; cannot change {sorted(changed)}")
+    check_resume_overrides(overrides, RUNTIME_FIELDS)
     return apply_overrides(saved, overrides)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    import torch
-
-    from . import distributed
     from .trainer import train
 
     if args.list_recipes:
         from .recipes import RECIPES
 
-        width = max(map(len, RECIPES))
-        for name, cfg in RECIPES.items():
-            sys.stdout.write(f"{name:<{width}}  {cfg.summary()}\n")
-        sys.stdout.write("(full settings: hear-mwmae pretrain --recipe NAME --show-config)\n")
-        return 0
+        return list_recipes(RECIPES, "pretrain")
     if not args.show_config and (args.out is None or not args.data):
         return _usage_error("--data and --out are required", args)
     try:
@@ -67,18 +54,14 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.show_config:
         sys.stdout.write(cfg.to_json() + "\n")
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = distributed.init_from_env(args.device)
-    if not info.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        result = train(cfg, args.data, args.out, resume=args.resume, stop_at_step=args.stop_at_step,
-                       device=args.device, dist_info=info)
-    except ValueError as exc:  # unusable data, a resume with other settings or data: one line, exit 2
-        return _usage_error(str(exc), args)
-    finally:
-        distributed.shutdown(info)
+    # unusable data, a resume with other settings or data: one line, exit 2
+    code, result, info = run_on_ranks(
+        args, "pretrain",
+        lambda info: train(cfg, args.data, args.out, resume=args.resume, stop_at_step=args.stop_at_step,
+                           device=args.device, dist_info=info),
+        (ValueError,))
+    if code:
+        return code
     if info.is_main and result.step >= result.total_steps:
         log.info("done; export with: hear-mwmae pretrain-export %s OUT.pt", args.out)
     return 0
@@ -92,9 +75,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _usage_error(message: str, args: argparse.Namespace) -> int:
-    """Log one line (the traceback too with -v) and return exit code 2."""
-    log.error("hear-mwmae pretrain: %s", message, exc_info=bool(getattr(args, "verbose", False)))
-    return 2
+    return usage_error("pretrain", message, args)
 
 
 def _recipe_names() -> list[str]:
@@ -114,19 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.depth=6 --set warmup_epochs=1 "
                         "--set model.mask_2d=true --set model.decoder_kind=mwmha (repeatable)")
-    p.add_argument("--batch-size", type=int, help="global batch per optimiser step")
-    p.add_argument("--epochs", type=int, help="passes over the data (unless --max-steps is given)")
-    p.add_argument("--max-steps", type=int, help="total optimiser steps (overrides epochs)")
-    p.add_argument("--lr", type=float, help="base lr per 256 samples")
-    p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-steps")
-    p.add_argument("--workers", type=int, help="DataLoader workers per process")
-    p.add_argument("--seed", type=int, help="seed of initialisation, crops, masks and data order (default 0)")
-    p.add_argument("--checkpoint-every", type=int, help="optimiser steps between checkpoints (0: each epoch)")
-    p.add_argument("--log-every", type=int, help="optimiser steps between metrics lines")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--stop-at-step", type=int, help="stop after this step (the schedule is unchanged)")
+    add_loop_flags(p, seed_help="seed of initialisation, crops, masks and data order (default 0)",
+                   lr_help="base lr per 256 samples")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-recipes", action="store_true", help="print the named presets and exit")
     p.set_defaults(func=_pretrain)
