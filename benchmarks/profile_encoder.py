@@ -3,13 +3,16 @@ products and the rest.
 
     PYTHONPATH=. nice python benchmarks/profile_encoder.py                      # base, 16 chunks, fp32
     PYTHONPATH=. nice python benchmarks/profile_encoder.py --precision int8 --passes 3
+    PYTHONPATH=. nice python benchmarks/profile_encoder.py --family audiomae --batch 8 --precision bf16
 
 Random weights (seeded), `forward_features` on (batch, T, F) normalised chunks under
-`torch.inference_mode`, after one warm-up pass. fp32 runs the runtime's fused oneDNN linears unless
---unfused. Self CPU time per operator, summed over
-`--passes` passes; groups: GEMM (the linear layers' products: addmm / mm / int8 linear),
-attention (SDPA: its own q@k, softmax, @v), pointwise (GELU, adds, LayerNorm), copies
-(copy_ / clone: layout changes, bias broadcast), other.
+`torch.inference_mode`, after one warm-up pass, run as the CPU runtime runs it: fp32 and bf16
+with the fused oneDNN linears (`--unfused`: plain `nn.Linear`, bf16 under autocast), int8
+quantised and one chunk at a time. Self CPU time per operator, summed over `--passes`
+passes; groups: GEMM (the linear layers' products: addmm / mm / oneDNN / int8 linear),
+attention (SDPA: its own q@k, softmax, @v), pointwise (GELU, residual adds, LayerNorm),
+quantise / cast (int8: each input's max |x|, scaling and conversion to 8 bits; bf16 casts),
+copies (copy_ / clone: layout changes, bias broadcast, autocast's weight casts), other.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ GROUPS = {
              "mkl::_mkl_linear", "aten::_int_mm"),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
                   "aten::_softmax", "aten::softmax"),
-    "pointwise": ("aten::gelu", "aten::add", "aten::add_", "aten::native_layer_norm", "aten::mul", "aten::div"),
+    "pointwise": ("aten::gelu", "aten::add", "aten::native_layer_norm", "aten::div"),
+    "quantise / cast": ("aten::aminmax", "aten::mul", "aten::add_", "aten::_to_copy"),
     "copies": ("aten::copy_", "aten::clone", "aten::contiguous", "aten::cat"),
 }
 
@@ -53,35 +57,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=1)
     p.add_argument("--rows", type=int, default=14, help="operators listed")
     p.add_argument("--unfused", action="store_true",
-                   help="fp32: plain nn.Linear + GELU (default: the runtime's fused oneDNN linears, if available)")
+                   help="fp32 / bf16: plain nn.Linear + GELU, bf16 under autocast (default: the runtime's fused "
+                        "oneDNN linears, if available)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = (MWMAEConfig(model=audiomae_config(args.size), frontend=FbankConfig()) if args.family == "audiomae"
            else MWMAEConfig(model=model_config(args.size)))
     encoder = MWMAE(cfg.model).encoder.eval().requires_grad_(False)
+    run = encoder.forward_features
+    fused = False
     if args.precision == "int8":
-        from hear_mwmae.quantize import quantize_encoder
+        from hear_mwmae.quantize import chunk_by_chunk, quantize_encoder
 
         quantize_encoder(encoder)
-    fused = False
-    if args.precision == "fp32" and not args.unfused:
-        try:
-            from hear_mwmae import cpu_fused
-        except ImportError:  # an older checkout of the package
-            cpu_fused = None
-        if cpu_fused is not None and cpu_fused.available():
-            cpu_fused.fuse_encoder(encoder)
+        run = chunk_by_chunk(encoder.forward_features)  # as the runtime runs int8
+    elif not args.unfused:
+        from hear_mwmae import cpu_fused
+
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        if cpu_fused.available(dtype):
+            cpu_fused.fuse_encoder(encoder, dtype)
             fused = True
     x = torch.randn(args.batch, *cfg.model.img_size)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16"
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" and not fused
                 else contextlib.nullcontext())
     with torch.inference_mode(), autocast:
-        encoder.forward_features(x)  # warm-up
+        run(x)  # warm-up
         start = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(args.passes):
-                encoder.forward_features(x)
+                run(x)
         wall = (time.perf_counter() - start) / args.passes
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)

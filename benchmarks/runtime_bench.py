@@ -6,32 +6,43 @@ Configurations are `<strategy>-<precision>[-compile | -unfused]`:
         through the encoder in its own call (batch = number of clips), copy every output to
         numpy and back, concatenate and trim (MW-MAE only).
   ours  `MWMAERuntime.embed`: all chunks of all clips batched, `max_chunks_per_batch` at a time;
-        precision fp32 / bf16 / fp16 (autocast) / int8 (CPU: `hear_mwmae.quantize`);
+        precision fp32 / bf16 / fp16 / int8 (CPU: `hear_mwmae.quantize`, one chunk at a time);
         `-compile`: the runtime's `compile=True` (torch.compile; compile time not counted);
-        `-unfused`: fp32 CPU without the oneDNN bias / GELU fusion (`hear_mwmae.cpu_fused`).
+        `-unfused`: fp32 / bf16 on the CPU without the oneDNN linears of `hear_mwmae.cpu_fused`
+        (plain `nn.Linear`; bf16 then runs under autocast).
   ort   `ours` with the encoder exported to ONNX and run by ONNX Runtime (fp32, or int8 by
         its dynamic quantisation; export time not counted); frontend in torch. CPU only.
-e.g. loop-fp32, ours-fp32, ours-int8, ours-fp32-compile, ours-fp32-unfused, ort-fp32, ort-int8.
+  tag   `MWMAERuntime.logits` of the same encoder with a random classifier head (527 classes,
+        mean pooling, as the Audio-MAE authors' fine-tuned model): the same chunks, each
+        chunk's logits averaged per clip; compared with `tag-fp32` of its family.
+e.g. loop-fp32, ours-fp32, ours-int8, ours-bf16, ours-fp32-unfused, ort-fp32, ort-int8, tag-int8.
 A `family:` prefix runs a configuration on the other model family in the same invocation
-(`audiomae:ours-fp32` beside `ours-fp32` with the default `--family mwmae`); each family's
-`ours-fp32` is its reference.
+(`audiomae:ours-fp32` beside `ours-fp32` with the default `--family mwmae`); `--families
+mwmae,audiomae` runs every unprefixed configuration for each family. Each family's
+`ours-fp32` is its reference (`tag-fp32` for `tag-*`); `ours-<p>` is also compared with `ort-<p>` of its family.
 
 Every (workload, configuration) runs in a fresh subprocess, so peak memory is per
 configuration: on CPU the peak RSS (`ru_maxrss`) minus the RSS just before the timed runs,
 on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before. With
 `--rounds R` the whole list runs R times, configurations interleaved, and each
 configuration's best run over all rounds counts: on a shared machine, compare only numbers
-from one invocation. Throughput is audio seconds per wall second. In the same subprocess,
-before and after the timed runs, the worker times the plain matrix product of ViT's MLP
-(M x D -> 4D and back, M = tokens of one micro-batch; in the run's precision: float
-`F.linear` and, fp32 on CPU, also oneDNN's fused linear; int8 `Int8Linear`) and reports the
-best as the GEMM ceiling beside the encoder's
-GFLOP/s. Embeddings of every configuration are compared with `ours-fp32` on the same clips:
-relative error ||x - ref|| / ||ref||, max |x - ref| / max |ref| and the worst per-step
-cosine. Weights are random (seeded), `--size base` and `--family mwmae` by default.
+from one invocation (`--in-process` alternates all configurations inside one process: the
+comparison to trust there). Throughput is audio seconds per wall second. In the same
+process, between the timed runs, the worker times the plain matrix products of ViT's MLP
+(M x D -> 4D and back with bias, M = tokens of one micro-batch) on the kernels the run's
+precision uses (fp32 / bf16: the best of `F.linear` and oneDNN's `FusedLinear`; int8:
+`Int8Linear`, one input scale per chunk) and reports the best as the GEMM figure beside the
+encoder's GFLOP/s; `enc/GEMM` is the fraction of that figure the whole encoder reaches.
+Embeddings of every configuration are compared with `ours-fp32` (logits of `tag-*` with
+`tag-fp32`) on the same clips: relative error ||x - ref|| / ||ref||, max |x - ref| / max |ref|
+and the worst cosine over steps (tag: over clips).
+Weights are random (seeded), `--size base` and `--family mwmae` by default. The report
+starts with the CPU model, torch version, int8 engine and any forced instruction set
+(`ONEDNN_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`).
 
+    PYTHONPATH=. nice python benchmarks/runtime_bench.py --in-process --families mwmae,audiomae \
+        --workloads 8x10s,60s --configs ours-fp32,ours-bf16,ours-int8,ort-int8 --repeats 4
     PYTHONPATH=. nice python benchmarks/runtime_bench.py --workloads 8x10s,60s --configs ours-fp32,ours-int8 --rounds 3
-    PYTHONPATH=. nice python benchmarks/runtime_bench.py --family audiomae --workloads 8x10s,60s --configs ours-fp32
     PYTHONPATH=. python benchmarks/runtime_bench.py --device cuda --configs ours-fp32,ours-bf16 --workloads 64x10s
 """
 
@@ -56,7 +67,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hear_mwmae.config import FbankConfig, FrontendConfig, MWMAEConfig, ModelConfig, audiomae_config, model_config
+from hear_mwmae.classifier import Classifier
+from hear_mwmae.config import (FbankConfig, FrontendConfig, HeadConfig, MWMAEConfig, ModelConfig, audiomae_config,
+                               model_config)
 from hear_mwmae.frontend import build_frontend, reflect_indices
 from hear_mwmae.model import MWMAE
 from hear_mwmae.runtime import AUTOCAST, PRECISIONS, MWMAERuntime
@@ -71,7 +84,8 @@ WORKLOADS: dict[str, tuple[int, float]] = {  # name -> (clips, seconds per clip)
     "64x10s": (64, 10.0), "512x2s": (512, 2.0),  # GPU sizes
     "2x2s": (2, 2.0), "1x3s": (1, 3.0)}  # smoke tests
 CONFIGS = ("loop-fp32", "ours-fp32", "ours-bf16", "ours-int8")
-STRATEGIES = ("loop", "ours", "ort")
+STRATEGIES = ("loop", "ours", "ort", "tag")
+HEAD_CLASSES = 527  # AudioSet's classes: the size of the released fine-tuned head
 FAMILIES = ("mwmae", "audiomae")
 
 
@@ -85,9 +99,58 @@ def split_family(name: str, default: str) -> tuple[str, str]:
 
 
 def reference_of(name: str) -> str:
-    """The configuration `name` is compared with: ours-fp32 of the same family prefix."""
-    prefix, sep, _ = name.rpartition(":")
-    return f"{prefix}:ours-fp32" if sep else "ours-fp32"
+    """The configuration `name` is compared with: ours-fp32 (tag-fp32 for tag-*) of the same family prefix."""
+    prefix, sep, config = name.rpartition(":")
+    ref = "tag-fp32" if config.startswith("tag-") else "ours-fp32"
+    return f"{prefix}:{ref}" if sep else ref
+
+
+def ort_of(name: str) -> str | None:
+    """ONNX Runtime's counterpart of an `ours-<precision>` configuration (same family prefix), else None."""
+    prefix, sep, config = name.rpartition(":")
+    parts = config.split("-")
+    if len(parts) != 2 or parts[0] != "ours" or parts[1] not in ("fp32", "int8"):
+        return None
+    return f"{prefix}{sep}ort-{parts[1]}"
+
+
+def expand_families(configs: list[str], families: list[str]) -> list[str]:
+    """Every unprefixed configuration once per family, prefixed ('mwmae:ours-fp32', 'audiomae:ours-fp32', ...);
+    the MW-MAE release's loop only for MW-MAE."""
+    out = []
+    for family in families:
+        out += [f"{family}:{c}" for c in configs if ":" not in c and not (c.startswith("loop") and family != "mwmae")]
+    return out + [c for c in configs if ":" in c]
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: CPU model, torch / ONNX Runtime versions, int8 engine,
+    native bf16, and any forced instruction set."""
+    from hear_mwmae import cpu_fused
+    from hear_mwmae.quantize import Int8Unavailable, pick_engine
+
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        engine = pick_engine()
+    except Int8Unavailable:
+        engine = "none"
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = "not installed"
+    flags = cpu_fused.cpu_flags()
+    return {"cpu": model, "cores": os.cpu_count(), "amx": "amx_int8" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "torch": torch.__version__, "onnxruntime": ort_version,
+            "int8_engine": engine, "native_bf16": cpu_fused.native_bf16(),
+            "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+            "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", "")}
 
 
 def parse_config(name: str) -> tuple[str, str, str]:
@@ -101,19 +164,21 @@ def parse_config(name: str) -> tuple[str, str, str]:
         raise ValueError(f"configuration {name!r}: strategy in {STRATEGIES}, precision in {list(PRECISIONS)}")
     if strategy == "ort" and precision not in ("fp32", "int8"):
         raise ValueError(f"configuration {name!r}: ONNX Runtime runs fp32 or int8")
-    if variant and strategy != "ours":
+    if variant and strategy != "ours":  # tag-* runs the runtime's default kernels only
         raise ValueError(f"configuration {name!r}: only 'ours' takes -{variant}")
-    if variant == "unfused" and precision != "fp32":
-        raise ValueError(f"configuration {name!r}: the fusion applies to fp32 only")
+    if variant == "unfused" and precision not in ("fp32", "bf16"):
+        raise ValueError(f"configuration {name!r}: the fusion applies to fp32 and bf16 only")
     return strategy, precision, variant
 
 
-def bench_config(family: str, size: str) -> MWMAEConfig:
-    """The config of a randomly initialised model of `family` ('mwmae' / 'audiomae') and `size`."""
+def bench_config(family: str, size: str, head: bool = False) -> MWMAEConfig:
+    """The config of a randomly initialised model of `family` ('mwmae' / 'audiomae') and `size`;
+    `head`: with a classifier of HEAD_CLASSES classes (mean pooling)."""
+    head_cfg = HeadConfig.generic(HEAD_CLASSES) if head else None
     if family == "audiomae":
-        return MWMAEConfig(model=audiomae_config(size), frontend=FbankConfig())
+        return MWMAEConfig(model=audiomae_config(size), frontend=FbankConfig(), head=head_cfg)
     if family == "mwmae":
-        return MWMAEConfig(model=model_config(size), frontend=FrontendConfig())
+        return MWMAEConfig(model=model_config(size), frontend=FrontendConfig(), head=head_cfg)
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
@@ -194,26 +259,29 @@ def timed_runs(fn: Callable[[], Any], device: torch.device, repeats: int, budget
     return times, out
 
 
-def gemm_gflops(device: torch.device, precision: str, m: int, dim: int, hidden: int, repeats: int = 3) -> float:
-    """Best GFLOP/s (2 x multiply-adds) of the MLP's two products (m, dim) -> (m, hidden) -> (m, dim)
-    with bias, in `precision` (fp32 / bf16 / fp16: F.linear in that dtype; int8: `Int8Linear`)."""
+def gemm_gflops(device: torch.device, precision: str, chunks: int, tokens: int, dim: int, hidden: int,
+                repeats: int = 3) -> float:
+    """Best GFLOP/s (2 x multiply-adds) of the MLP's two products (chunks x tokens, dim) -> hidden -> dim
+    with bias, in `precision`, on the kernels the runtime uses: fp32 / bf16 / fp16 `F.linear` in that
+    dtype and, on the CPU, also `cpu_fused.FusedLinear` (fp32 / bf16; the best counts); int8
+    `Int8Linear` of `pick_engine()` on (chunks, tokens, dim), one input scale per chunk."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(m, dim, generator=g)
-    h = torch.randn(m, hidden, generator=g)
+    x = torch.randn(chunks, tokens, dim, generator=g)
+    h = torch.randn(chunks, tokens, hidden, generator=g)
     layers = [torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)]
     if precision == "int8":
-        from hear_mwmae.quantize import Int8Linear, pick_engine, reduce_range_for
+        from hear_mwmae.quantize import Int8Linear, pick_engine
 
-        engine = pick_engine()
-        kinds = [[Int8Linear(layer, engine, reduce_range_for(engine)) for layer in layers]]
+        kinds = [[Int8Linear(layer, pick_engine()) for layer in layers]]
     else:
         dtype = PRECISIONS[precision]
-        x, h = x.to(device, dtype), h.to(device, dtype)
-        kinds = [[layer.to(device, dtype) for layer in layers]]
         from hear_mwmae import cpu_fused
 
-        if precision == "fp32" and device.type == "cpu" and cpu_fused.available():
-            kinds.append([cpu_fused.FusedLinear(layer) for layer in layers])
+        fused = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and cpu_fused.available(dtype)
+        x, h = x.flatten(0, 1).to(device, dtype), h.flatten(0, 1).to(device, dtype)
+        kinds = [[layer.to(device, dtype) for layer in layers]]
+        if fused:
+            kinds.append([cpu_fused.FusedLinear(layer, dtype=dtype) for layer in layers])
     best = math.inf
     with torch.inference_mode():
         for fns in kinds:
@@ -227,7 +295,7 @@ def gemm_gflops(device: torch.device, precision: str, m: int, dim: int, hidden: 
                 fns[1](h)
                 sync(device)
                 best = min(best, time.perf_counter() - start)
-    return 2 * 2 * m * dim * hidden / best / 1e9
+    return 2 * 2 * chunks * tokens * dim * hidden / best / 1e9
 
 
 def compare(x: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> dict[str, float]:
@@ -242,9 +310,24 @@ def compare(x: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> dic
 
 def build_runtime(cfg: MWMAEConfig, seed: int, device: torch.device, precision: str, compiled: bool = False,
                   max_chunks_per_batch: int | None = None, fuse: bool | None = None) -> MWMAERuntime:
-    """A runtime of the seeded random encoder (the same weights for every precision)."""
+    """A runtime of the seeded random encoder (the same weights for every precision), with a
+    seeded random classifier when `cfg` has a head."""
+    classifier = None
+    if cfg.head is not None:
+        torch.manual_seed(seed + 1)
+        classifier = Classifier(cfg.model, cfg.head)
+        torch.nn.init.normal_(classifier.head.weight, std=cfg.model.embed_dim ** -0.5)
     return MWMAERuntime(random_encoder(cfg, seed), cfg, device=device, precision=precision,
-                        max_chunks_per_batch=max_chunks_per_batch, compile=compiled, fuse=fuse)
+                        max_chunks_per_batch=max_chunks_per_batch, compile=compiled, fuse=fuse, classifier=classifier)
+
+
+def runner(rt: MWMAERuntime, strategy: str, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """audio (B, N) -> what the strategy computes: embeddings (B, steps, D), or logits (B, classes) for tag."""
+    if strategy == "loop":
+        return lambda x: release_loop(rt, x, precision)
+    if strategy == "tag":
+        return lambda x: rt.logits(x)[0]
+    return lambda x: rt.embed(x)[0]
 
 
 def attach_onnx(rt: MWMAERuntime, cfg: MWMAEConfig, seed: int, precision: str, folder: Path, threads: int) -> None:
@@ -276,17 +359,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    cfg = bench_config(args.family, args.size)
+    cfg = bench_config(args.family, args.size, head=strategy == "tag")
     began = time.perf_counter()
-    rt = build_runtime(cfg, args.seed, device, "fp32" if strategy != "ours" else precision, compiled,
+    rt = build_runtime(cfg, args.seed, device, precision if strategy in ("ours", "tag") else "fp32", compiled,
                        args.max_chunks_per_batch, fuse=False if variant == "unfused" else None)
     if strategy == "ort":
         attach_onnx(rt, cfg, args.seed, precision, args.onnx_dir, args.threads)
     setup_s = time.perf_counter() - began
     audio = make_audio(clips, seconds, args.seed)
 
-    def once(x: torch.Tensor) -> torch.Tensor:
-        return release_loop(rt, x, precision) if strategy == "loop" else rt.embed(x)[0]
+    once = runner(rt, strategy, precision)
 
     began = time.perf_counter()
     once(audio if compiled else audio[:1, :SR])  # warm-up: compiles every shape a compiled run meets
@@ -297,7 +379,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     tokens = cfg.model.num_patches + int(cfg.model.use_cls_token)
     gemm_precision = "fp32" if strategy == "ort" and precision == "fp32" else precision
     hidden = int(cfg.model.embed_dim * cfg.model.mlp_ratio)
-    gemm = [gemm_gflops(device, gemm_precision, per_pass * tokens, cfg.model.embed_dim, hidden)]
+    gemm = [gemm_gflops(device, gemm_precision, per_pass, tokens, cfg.model.embed_dim, hidden)]
     gc.collect()
     rss0, maxrss0 = _rss_bytes(), _maxrss_bytes()
     if device.type == "cuda":
@@ -319,7 +401,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         result["cuda_peak_mb"] = (torch.cuda.max_memory_allocated(device) - cuda0) / 2**20
         result["gpu"] = torch.cuda.get_device_name(device)
-    gemm.append(gemm_gflops(device, gemm_precision, per_pass * tokens, cfg.model.embed_dim, hidden))
+    gemm.append(gemm_gflops(device, gemm_precision, per_pass, tokens, cfg.model.embed_dim, hidden))
     result["gemm_gflops"] = max(gemm)
     result["gemm_shape"] = [per_pass * tokens, cfg.model.embed_dim, hidden]
     if args.save_output:
@@ -341,9 +423,9 @@ def interleaved(args: argparse.Namespace, workloads: list[str], labels: list[str
     for label in labels:
         family, config = split_family(label, args.family)
         strategy, precision, variant = parse_config(config)
-        cfg = bench_config(family, args.size)
+        cfg = bench_config(family, args.size, head=strategy == "tag")
         began = time.perf_counter()
-        rt = build_runtime(cfg, args.seed, device, "fp32" if strategy != "ours" else precision,
+        rt = build_runtime(cfg, args.seed, device, precision if strategy in ("ours", "tag") else "fp32",
                            variant == "compile", args.max_chunks_per_batch,
                            fuse=False if variant == "unfused" else None)
         if strategy == "ort":
@@ -363,8 +445,7 @@ def interleaved(args: argparse.Namespace, workloads: list[str], labels: list[str
         for label, su in setups.items():
             rt = su["rt"]
             began = time.perf_counter()
-            fn = (lambda rt=rt, p=su["precision"]: release_loop(rt, audio, p)) if su["strategy"] == "loop" \
-                else (lambda rt=rt: rt.embed(audio)[0])
+            fn = (lambda once=runner(rt, su["strategy"], su["precision"]): once(audio))
             su["fn"] = fn
             outs[label] = fn()  # warm-up, and the output compared below
             warmup[label] = time.perf_counter() - began
@@ -375,23 +456,24 @@ def interleaved(args: argparse.Namespace, workloads: list[str], labels: list[str
             for label, su in setups.items():  # the ceilings, interleaved with the runs
                 chunks = chunks_run(su["strategy"], clips, seconds, su["cfg"])
                 per_pass = min(chunks, su["rt"].max_chunks_per_batch) if su["strategy"] != "loop" else clips
-                m = per_pass * (su["cfg"].model.num_patches + int(su["cfg"].model.use_cls_token))
-                key = (su["gemm"], f"{m}x{su['cfg'].model.embed_dim}")
+                tokens = su["cfg"].model.num_patches + int(su["cfg"].model.use_cls_token)
+                key = (su["gemm"], f"{per_pass}x{tokens}x{su['cfg'].model.embed_dim}")
                 if len(gemm.setdefault(key, [])) <= round_:
                     d = su["cfg"].model.embed_dim
-                    gemm[key].append(gemm_gflops(device, su["gemm"], m, d, int(d * su["cfg"].model.mlp_ratio)))
+                    gemm[key].append(gemm_gflops(device, su["gemm"], per_pass, tokens, d,
+                                                 int(d * su["cfg"].model.mlp_ratio)))
         for label, su in setups.items():
             cfg, strategy = su["cfg"], su["strategy"]
             chunks = chunks_run(strategy, clips, seconds, cfg)
             per_pass = min(chunks, su["rt"].max_chunks_per_batch) if strategy != "loop" else clips
-            m = per_pass * (cfg.model.num_patches + int(cfg.model.use_cls_token))
+            tokens = cfg.model.num_patches + int(cfg.model.use_cls_token)
             results[(w, label)] = {
                 "workload": w, "config": label, "family": su["family"], "size": args.size, "device": str(device),
                 "threads": torch.get_num_threads(), "audio_s": clips * seconds, "times_s": times[label],
                 "best_s": min(times[label]), "chunks": chunks, "chunk_gflop": chunk_flops(cfg.model) / 1e9,
                 "max_chunks_per_batch": su["rt"].max_chunks_per_batch, "chunks_per_pass": per_pass,
                 "setup_s": su["setup_s"], "warmup_s": warmup[label],
-                "gemm_gflops": max(gemm[(su["gemm"], f"{m}x{cfg.model.embed_dim}")]),
+                "gemm_gflops": max(gemm[(su["gemm"], f"{per_pass}x{tokens}x{cfg.model.embed_dim}")]),
                 "output_shape": list(outs[label].shape), "interleaved": True}
         for label in labels:
             ref = reference_of(label)
@@ -448,11 +530,12 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def report(results: dict[tuple[str, str], dict[str, Any]], fidelity: dict[tuple[str, str], dict[str, float]],
-           workloads: list[str], peak_tflops: float | None) -> str:
-    """One row per (workload, configuration): throughput (audio s per wall s), ratio to ours-fp32,
-    encoder GFLOP/s, GEMM GFLOP/s of the same run and their ratio, fidelity to ours-fp32, memory."""
+           workloads: list[str], peak_tflops: float | None, info: dict[str, Any] | None = None) -> str:
+    """One row per (workload, configuration): throughput (audio s per wall s), ratio to ours-fp32 and
+    to ONNX Runtime of the same precision, encoder GFLOP/s, GEMM GFLOP/s of the same run and their
+    ratio, fidelity to ours-fp32, memory."""
     cuda = any("cuda_peak_mb" in r for r in results.values())
-    head = ["workload", "config", "audio s/s", "x ours-fp32", "enc GFLOP/s", "GEMM GFLOP/s", "enc/GEMM",
+    head = ["workload", "config", "audio s/s", "x fp32", "x ort", "enc GFLOP/s", "GEMM GFLOP/s", "enc/GEMM",
             *(["of peak"] if peak_tflops else []), "rel err", "worst cos", "chunks/pass",
             "peak MB (CUDA)" if cuda else "RSS delta MB"]
     rows = []
@@ -461,22 +544,34 @@ def report(results: dict[tuple[str, str], dict[str, Any]], fidelity: dict[tuple[
             if ww != w:
                 continue
             base = results.get((w, reference_of(c)))
+            ort = results.get((w, ort_of(c) or ""))
             speed = r["audio_s"] / r["best_s"]
             gflops = r["chunks"] * r["chunk_gflop"] / r["best_s"]
             fid = fidelity.get((w, c), {})
             peak = r.get("cuda_peak_mb", r.get("rss_delta_mb"))
             rows.append([w, c, f"{speed:.2f}", f"{speed * base['best_s'] / base['audio_s']:.2f}" if base else "-",
+                         f"{ort['best_s'] / r['best_s']:.2f}" if ort else "-",
                          f"{gflops:.0f}", f"{r['gemm_gflops']:.0f}", f"{gflops / r['gemm_gflops']:.2f}",
                          *([f"{gflops / (peak_tflops * 1e3):.3f}"] if peak_tflops else []),
                          f"{fid['rel_err']:.1e}" if fid else "-", f"{fid['worst_cos']:.5f}" if fid else "-",
                          str(r["chunks_per_pass"]),
                          "-" if peak is None else
                          ("<=" if r.get("rss_delta_is_upper_bound") and not cuda else "") + f"{peak:.0f}"])
-    lines = _table(head, rows)
-    lines += ["", "audio s/s: best run; enc GFLOP/s: 2 x multiply-adds of the chunks run / best time; GEMM: the "
-              "MLP's two products on one micro-batch in the run's precision (int8: GOP/s), same process; "
-              "rel err / worst cos: embeddings vs ours-fp32 (worst cosine over steps)", "",
-              "per run: workload config | times (s) | median (s) | chunks | setup s | warm-up s | peak RSS MB (abs)"]
+    lines = []
+    if info:
+        forced = ", ".join(f"{k}={info[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if info.get(k))
+        lines += [f"CPU: {info['cpu']} ({info['cores']} cores visible; AMX {info['amx']}, AVX-512-VNNI "
+                  f"{info['avx512_vnni']}, AVX-512-BF16 {info['avx512_bf16']}); forced: {forced or 'nothing'}",
+                  f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, int8 engine {info['int8_engine']}, "
+                  f"native bf16 {info['native_bf16']}", ""]
+    lines += _table(head, rows)
+    lines += ["", "audio s/s: best run; x ort: speed over ort-<same precision> of the family, same chunks; "
+              "enc GFLOP/s: 2 x multiply-adds of the chunks run / best time; GEMM: the MLP's two products "
+              "on one micro-batch on the run's kernels (int8: GOP/s), same process; enc/GEMM: the fraction "
+              "of it the encoder reaches; x fp32, rel err / worst cos: speed and embeddings vs ours-fp32 of the family "
+              "(tag-*: logits vs tag-fp32; worst cosine over steps / clips)",
+              "", "per run: workload config | times (s) | median (s) | chunks | setup s | warm-up s | "
+              "peak RSS MB (abs)"]
     for (w, c), r in results.items():
         median = float(np.median(r["times_s"]))
         lines.append(f"{w} {c} | {', '.join(f'{t:.2f}' for t in r['times_s'])} | {median:.2f} | "
@@ -492,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of <loop|ours|ort>-<fp32|bf16|fp16|int8>[-compile]")
     p.add_argument("--family", choices=FAMILIES, default="mwmae",
                    help="mwmae (200 x 80 log-mel) or audiomae (1024 x 128 fbank, hear_mwmae.config.audiomae_config)")
+    p.add_argument("--families", default=None,
+                   help="comma list of families: run every unprefixed configuration for each (e.g. mwmae,audiomae)")
     p.add_argument("--quick", action="store_true", help="skip the loop baseline on the 20 min workload")
     p.add_argument("--rounds", type=int, default=1, help="run the whole list this many times, interleaved")
     p.add_argument("--in-process", action="store_true",
@@ -523,6 +620,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     workloads, configs = args.workloads.split(","), args.configs.split(",")
+    if args.families:
+        families = args.families.split(",")
+        if not set(families) <= set(FAMILIES):
+            p.error(f"--families: each of {FAMILIES}")
+        configs = expand_families(configs, families)
     for w in workloads:
         if w not in WORKLOADS:
             p.error(f"unknown workload {w!r}")
@@ -543,18 +645,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def dump() -> None:
         if args.json:
-            args.json.write_text(json.dumps({"family": args.family, "size": args.size, "rounds": args.rounds,
+            args.json.write_text(json.dumps({"machine": info, "family": args.family, "size": args.size,
+                                             "rounds": args.rounds,
                                              "runs": list(results.values()),
                                              "fidelity_vs_ours_fp32": [{"workload": w, "config": c, **f}
                                                                        for (w, c), f in fidelity.items()]},
                                             indent=1))
 
+    info = machine()
     start = time.perf_counter()
     if args.in_process:
         results, fidelity = interleaved(args, workloads, configs)
         dump()
         log.info("total benchmark time %.0f s", time.perf_counter() - start)
-        print(report(results, fidelity, workloads, args.peak_tflops))
+        print(report(results, fidelity, workloads, args.peak_tflops, info))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -572,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
                         fidelity[(w, c)] = compare(np.load(path), np.load(ref))
                 dump()
     log.info("total benchmark time %.0f s", time.perf_counter() - start)
-    print(report(results, fidelity, workloads, args.peak_tflops))
+    print(report(results, fidelity, workloads, args.peak_tflops, info))
     return 0
 
 

@@ -1,62 +1,57 @@
-"""int8 inference on the CPU: the encoder's linear layers in 8-bit integer arithmetic.
+"""int8 inference on the CPU: the encoder's linear layers in 8-bit integer arithmetic, one chunk at a time.
 
-`quantize_encoder` swaps every transformer block's `attn.qkv`, `attn.proj`, `mlp.fc1` and
-`mlp.fc2` for an `Int8Linear`, in place, once (when the runtime is built):
+`quantize_encoder` swaps every transformer block's `attn.qkv`, `attn.proj`, `mlp.fc1` (with the
+MLP's GELU) and `mlp.fc2` for an `Int8Linear`, in place, once (when the runtime is built):
     weight   int8, symmetric, one scale per output channel: W[o] ~ s[o] * q[o], |q| <= 127
-    input    quantised on every call to uint8 with one scale and zero point per tensor,
-             from its own min / max ("dynamic" quantisation: no calibration data)
-    output   float32 = s_x * s[o] * (int32 accumulation) + bias
-Everything else (patch embedding, LayerNorm, GELU, softmax attention, the frontend) stays
-float32. The kernels are torch's quantized CPU engines (`quantized::linear_dynamic` on
-weights packed once by `quantized::linear_prepack`): oneDNN on CPUs with AMX-INT8 units,
-FBGEMM on other x86-64 CPUs with AVX2. Without AVX-512-VNNI / AVX-VNNI, FBGEMM's AVX2
-kernels add pairs of u8 x s8 products in int16, which can saturate, so there the input
-uses 7 bits (`reduce_range`), as torch's own x86 defaults do.
+    input    quantised on every call to 8 bits with one scale per *sample* (per index of the
+             leading axis, i.e. per chunk), from that sample's own max |x| ("dynamic"
+             quantisation: no calibration data)
+    output   s_x * s[o] * (int32 accumulation) + bias, then the GELU for fc1
+The integer products are exact, so a chunk's result depends on that chunk alone: a clip's int8
+embedding is the same, bit for bit, whichever other clips share its micro-batch (the runtime
+also runs the encoder one chunk at a time, `chunk_by_chunk`, so that every float operation
+sees the same shapes too). Everything else (patch embedding, LayerNorm, softmax attention,
+the residual stream, the frontend) stays float32, except that on CPUs with native bfloat16
+units `attn.qkv` hands bfloat16 q, k, v to attention (about twice as fast as float32 there).
 
-Because the input scale is per tensor, a chunk's int8 embedding depends very slightly on
-the other chunks of its micro-batch (measured cosine >= 0.9998 between a chunk embedded
-alone and in a batch of 16); fp32, bf16 and fp16 do not have this property.
-
-Measured on the base encoder (benchmarks/README.md; 2 cores with AMX): oneDNN-packed weights
-2.6x fp32, FBGEMM-packed 1.6x, torchao 0.18's `Int8DynamicActivationInt8WeightConfig` run
-eagerly 0.94x, all at worst step cosine 0.9998; ONNX Runtime's dynamically quantised export
-(`hear-mwmae export-onnx --int8`) 3.1-3.4x, as it also fuses GELU and bias.
+Two kernels, picked by `pick_engine` from the CPU:
+    "onednn"  `onednn::qlinear_pointwise` on weights packed once by `onednn::qlinear_prepack`,
+              bias and GELU applied inside the product; for CPUs with int8 dot products
+              (AVX-512-VNNI, AVX-VNNI, AMX-INT8).
+    "fbgemm"  `quantized::linear_dynamic` (FBGEMM) for other x86-64 CPUs with AVX2. Without
+              VNNI, pairs of u8 x s8 products are added in int16, which can saturate, so the
+              input uses 7 bits there (`reduce_range`, as torch's own x86 defaults do).
+Forcing the kernels of an older CPU on a newer one: `ONEDNN_MAX_CPU_ISA=AVX2
+ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2` (FBGEMM's AVX2 kernels, 7-bit inputs),
+`ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI` (oneDNN, VNNI, no bf16 units) or `AVX512_CORE_BF16`
+(VNNI and bf16, no AMX); benchmarks/README.md has the numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import platform
 import warnings
-from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_fused
+from .cpu_fused import POST_OPS, mlp_activation
+
 QUANTIZED_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # inside each encoder block
+ENGINES = ("onednn", "fbgemm")
 
 
 class Int8Unavailable(ValueError):
     """precision="int8" cannot run fast here: not on the CPU, or no int8 kernels for this CPU / build."""
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def pick_engine() -> str:
-    """The quantized engine to pack weights for: "onednn" (AMX-INT8) or "fbgemm" (AVX2 and up).
+    """The int8 kernels for this CPU: "onednn" (VNNI / AMX dot products) or "fbgemm" (AVX2 and up).
 
     Raises Int8Unavailable on CPUs / builds with neither (e.g. Arm, or a CPU without AVX2),
     rather than falling back to a slow path.
@@ -66,25 +61,24 @@ def pick_engine() -> str:
         raise Int8Unavailable(f"precision='int8' needs an x86-64 CPU (FBGEMM / oneDNN int8 kernels); this is "
                               f"{platform.machine()}: use precision='fp32'")
     capability = torch.backends.cpu.get_cpu_capability()
-    if "onednn" in engines and "amx_int8" in cpu_flags() and _onednn_may_use_amx():
+    if "onednn" in engines and hasattr(torch.ops.onednn, "qlinear_pointwise") and cpu_fused.onednn_int8_dot():
         return "onednn"
     if "fbgemm" in engines and capability in ("AVX2", "AVX512"):
         return "fbgemm"
     raise Int8Unavailable(f"precision='int8': no fast int8 kernels here (CPU capability {capability}, torch "
-                          f"quantized engines {sorted(engines)}; need FBGEMM with AVX2, or oneDNN with AMX): "
-                          "use precision='fp32'")
-
-
-def _onednn_may_use_amx() -> bool:
-    """False when oneDNN is capped below AMX (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA): its int8
-    kernels would then run without VNNI and saturate, so FBGEMM is the right engine."""
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    return cap is None or "AMX" in cap.upper() or cap.upper() == "ALL"
+                          f"quantized engines {sorted(engines)}; need FBGEMM with AVX2, or oneDNN with VNNI / "
+                          "AMX): use precision='fp32'")
 
 
 def reduce_range_for(engine: str) -> bool:
-    """Whether inputs must use 7 bits: FBGEMM without VNNI (int16 accumulation of pairs)."""
-    return engine == "fbgemm" and not {"avx512_vnni", "avx_vnni"} & cpu_flags()
+    """Whether inputs must use 7 bits: FBGEMM without its AVX-512-VNNI kernels (int16 accumulation
+    of pairs), also when they are switched off by FBGEMM_ENABLE_INSTRUCTIONS."""
+    if engine != "fbgemm":
+        return False
+    forced = os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper()
+    if forced:
+        return forced not in ("AVX512_E1", "AVX512_E1_256")
+    return "avx512_vnni" not in cpu_fused.cpu_flags()
 
 
 @contextlib.contextmanager
@@ -98,38 +92,77 @@ def _engine(name: str) -> Iterator[None]:
 
 
 class Int8Linear(nn.Module):
-    """Inference-only `nn.Linear` with int8 per-channel weights and dynamically quantised input.
+    """Inference-only `nn.Linear` (+ optional GELU) with int8 per-channel weights and an input
+    quantised per sample on every call.
 
-    x (..., in_features) float32 -> (..., out_features) float32. The packed weights belong
-    to `engine`; the module holds no float weights and has no trainable parameters.
+    x (B, ..., in) or (M, in), float32 or bfloat16 -> (B, ..., out) / (M, out) in `out_dtype`;
+    one input scale per index b of the leading axis (a 2-D input is one sample), so each
+    sample's output depends on that sample alone. `act`: "none", "gelu-tanh", "gelu-erf".
+    The module holds no float weights and has no trainable parameters.
     """
 
-    def __init__(self, linear: nn.Linear, engine: str, reduce_range: bool) -> None:
+    def __init__(self, linear: nn.Linear, engine: str, act: str = "none",
+                 out_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if act not in POST_OPS:
+            raise ValueError(f"act must be one of {list(POST_OPS)}, got {act!r}")
         weight = linear.weight.detach().to("cpu", torch.float32)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.engine, self.reduce_range = engine, reduce_range
-        scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # (out,)
-        bias = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32)
-        with warnings.catch_warnings():  # quantized tensors are deprecated in torch 2.13; the kernels are not
-            warnings.simplefilter("ignore")
-            qweight = torch.quantize_per_channel(weight, scale, torch.zeros_like(scale, dtype=torch.long), 0,
-                                                 torch.qint8)
-            with _engine(engine):
-                self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self.engine, self.act, self.out_dtype = engine, act, out_dtype
+        self.reduce_range = reduce_range_for(engine)
+        scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # (out,)
+        bias = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32).clone()
+        if engine == "onednn":
+            qweight = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
+            self._packed = torch.ops.onednn.qlinear_prepack(qweight, None)
+            self._w_scale, self._w_zero = scale, torch.zeros(self.out_features, dtype=torch.long)
+            self._bias = bias
+            self._offset = torch.full((1,), 128.5)
+        else:
+            with warnings.catch_warnings():  # quantized tensors are deprecated in torch 2.13; FBGEMM's kernels are not
+                warnings.simplefilter("ignore")
+                qweight = torch.quantize_per_channel(weight, scale.double(), torch.zeros_like(scale, dtype=torch.long),
+                                                     0, torch.qint8)
+                with _engine(engine):
+                    self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self._post_op, self._algorithm = POST_OPS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32:
-            raise TypeError(f"Int8Linear takes float32 input, got {x.dtype}")
-        return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
+        if x.dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"Int8Linear takes float32 or bfloat16 input, got {x.dtype}")
+        if x.dim() > 2 and x.shape[0] > 1:
+            return torch.cat([self._sample(x[i:i + 1]) for i in range(x.shape[0])])
+        return self._sample(x)
+
+    def _sample(self, x: torch.Tensor) -> torch.Tensor:
+        """One sample: one input scale. x (..., in) -> (..., out)."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.engine == "fbgemm":
+            y = torch.ops.quantized.linear_dynamic(x2.float(), self._packed, self.reduce_range)
+            if self.act != "none":
+                y = F.gelu(y, approximate="tanh" if self.act == "gelu-tanh" else "none")
+            return y.to(self.out_dtype).reshape(*lead, self.out_features)
+        lo, hi = torch.aminmax(x2)
+        top = max(float(hi), -float(lo))
+        scale = top / 127.0 if top > 0 else 1.0
+        # uint8 = round(x / scale) + 128 in [1, 255]: x / scale + 128.5 > 0, truncated; in float32 also for
+        # bfloat16 x (the (1,)-shaped offset promotes it). oneDNN's AVX-512 VNNI kernels take unsigned
+        # inputs only (signed ones fall to its reference code, ~1000x slower)
+        q = torch.add(self._offset, x2, alpha=1.0 / scale).to(torch.uint8)
+        y = torch.ops.onednn.qlinear_pointwise(q, scale, 128, self._packed, self._w_scale, self._w_zero, self._bias,
+                                               1.0, 0, self.out_dtype, self._post_op, [], self._algorithm)
+        return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
-                f"reduce_range={self.reduce_range}")
+                f"act={self.act}, out_dtype={self.out_dtype}" + (", reduce_range=True" if self.reduce_range else ""))
 
 
 def quantize_encoder(encoder: nn.Module, engine: str | None = None) -> nn.Module:
-    """Replace the blocks' qkv / proj / fc1 / fc2 linears of a CPU encoder by `Int8Linear`, in place.
+    """Replace the blocks' qkv / proj / fc1 (+ GELU) / fc2 of a CPU encoder by `Int8Linear`, in place.
 
     `engine`: "onednn" or "fbgemm" (default: `pick_engine()`). Returns `encoder`.
     Raises Int8Unavailable when the encoder is not on the CPU or no engine fits.
@@ -141,21 +174,36 @@ def quantize_encoder(encoder: nn.Module, engine: str | None = None) -> nn.Module
     if engine not in torch.backends.quantized.supported_engines:
         raise Int8Unavailable(f"quantized engine {engine!r} is not in this torch build "
                               f"({torch.backends.quantized.supported_engines})")
-    reduce_range = reduce_range_for(engine)
-    swapped = 0
+    # q, k, v in bfloat16 where the CPU has bfloat16 units: attention runs in bfloat16 there
+    qkv_dtype = torch.bfloat16 if engine == "onednn" and cpu_fused.native_bf16() else torch.float32
+    if not len(encoder.blocks):
+        raise ValueError("the encoder has no blocks to quantise")
     for block in encoder.blocks:
-        for path in QUANTIZED_LAYERS:
-            parent_name, name = path.split(".")
-            parent = getattr(block, parent_name)
-            layer = getattr(parent, name)
+        attn, mlp = block.attn, block.mlp
+        for layer, path in ((attn.qkv, "attn.qkv"), (attn.proj, "attn.proj"), (mlp.fc1, "mlp.fc1"),
+                            (mlp.fc2, "mlp.fc2")):
             if not isinstance(layer, nn.Linear):
                 raise TypeError(f"expected nn.Linear at {path}, got {type(layer).__name__}")
-            setattr(parent, name, Int8Linear(layer, engine, reduce_range))
-            swapped += 1
-    if not swapped:
-        raise ValueError("the encoder has no blocks to quantise")
+        act = mlp_activation(mlp.act)
+        attn.qkv = Int8Linear(attn.qkv, engine, out_dtype=qkv_dtype)
+        attn.proj = Int8Linear(attn.proj, engine)
+        mlp.fc1, mlp.act = Int8Linear(mlp.fc1, engine, act), nn.Identity()
+        mlp.fc2 = Int8Linear(mlp.fc2, engine)
     return encoder
 
 
-__all__ = ["Int8Linear", "Int8Unavailable", "QUANTIZED_LAYERS", "cpu_flags", "pick_engine", "quantize_encoder",
-           "reduce_range_for"]
+def chunk_by_chunk(features: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`features` ((B, T, F) -> (B, ...)) applied to one chunk at a time and the outputs stacked:
+    every operation then sees a single chunk, whatever the micro-batch (bit-equal results, and
+    small activations that stay in the CPU's caches)."""
+
+    def run(chunks: torch.Tensor) -> torch.Tensor:
+        if chunks.shape[0] <= 1:
+            return features(chunks)
+        return torch.cat([features(chunks[i:i + 1]) for i in range(chunks.shape[0])])
+
+    return run
+
+
+__all__ = ["ENGINES", "Int8Linear", "Int8Unavailable", "QUANTIZED_LAYERS", "chunk_by_chunk", "pick_engine",
+           "quantize_encoder", "reduce_range_for"]

@@ -72,9 +72,10 @@ def chunk_index(num_frames: int, chunk_frames: int) -> torch.Tensor:
 
 
 def _cpu_has_bf16_units() -> bool:
-    """Whether oneDNN finds native bf16 matrix support (AVX-512-BF16 / AMX) on this CPU."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else True  # unknown: do not warn
+    """Whether oneDNN may use native bf16 units (AVX-512-BF16 / AMX) on this CPU."""
+    from .cpu_fused import cpu_flags, native_bf16
+
+    return native_bf16() or not cpu_flags()  # flags unknown (not Linux): do not warn
 
 
 LOAD_OPTIONS = ("compile", "device", "max_chunks_per_batch", "precision", "sha256")
@@ -167,12 +168,15 @@ class MWMAERuntime(nn.Module):
     """The nn.Module HEAR hands around: frontend + frozen encoder + batching policy (either family),
     and for a fine-tuned model its classifier (`classifier`, used by `logits` only).
 
-    precision: "fp32"; "bf16" / "fp16" (autocast); "int8" (CPU only: the blocks' linear
-    layers quantised once, here, by `quantize.quantize_encoder`; raises `Int8Unavailable`
-    where no fast int8 kernels exist). compile: run the encoder through `torch.compile`
-    (compiled on the first call of each new micro-batch shape family; batch size is dynamic).
-    fuse: fp32 on the CPU, the blocks' linear layers as oneDNN products with bias and GELU
-    fused (`cpu_fused.py`; None = wherever available and not compiling).
+    precision: "fp32"; "bf16" / "fp16" (autocast, except fused bf16 on the CPU); "int8" (CPU
+    only: the blocks' linear layers quantised once, here, by `quantize.quantize_encoder`, the
+    encoder (and for `logits` the classifier) run one chunk at a time so that embeddings and
+    logits do not depend on the micro-batch; raises
+    `Int8Unavailable` where no fast int8 kernels exist). compile: run the encoder through
+    `torch.compile` (compiled on the first call of each new micro-batch shape family; batch
+    size is dynamic). fuse: fp32 / bf16 on the CPU, the blocks' linear layers as oneDNN
+    products with bias and GELU fused, bf16 weights converted once (`cpu_fused.py`; None =
+    wherever available and not compiling).
     """
 
     sample_rate: int = 16000
@@ -212,16 +216,23 @@ class MWMAERuntime(nn.Module):
             quantize_encoder(self.encoder)  # once, here: the float weights of those layers are dropped
         from . import cpu_fused
 
-        can_fuse = precision == "fp32" and device.type == "cpu" and cpu_fused.available()
+        can_fuse = (precision in ("fp32", "bf16") and device.type == "cpu"
+                    and cpu_fused.available(PRECISIONS[precision]))
         if fuse and not can_fuse:
-            raise ValueError("fuse=True needs precision='fp32' on a CPU with oneDNN")
+            raise ValueError("fuse=True needs precision='fp32' or 'bf16' on a CPU with oneDNN")
         self.fused = bool(can_fuse and not compile if fuse is None else fuse)
         if self.fused:
-            cpu_fused.fuse_encoder(self.encoder)  # once, here
+            cpu_fused.fuse_encoder(self.encoder, PRECISIONS[precision])  # once, here
         self.compiled = bool(compile)
         self._features = self.encoder.forward_features
         if self.compiled:
             self._features = torch.compile(self.encoder.forward_features)
+        self._logits = self._chunk_logits
+        if precision == "int8":  # a chunk's result never depends on the micro-batch
+            from .quantize import chunk_by_chunk
+
+            self._features = chunk_by_chunk(self._features)
+            self._logits = chunk_by_chunk(self._chunk_logits)
 
     @property
     def device(self) -> torch.device:
@@ -233,7 +244,7 @@ class MWMAERuntime(nn.Module):
         return None if self.config.head is None else list(self.config.head.labels)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision not in AUTOCAST:
+        if self.precision not in AUTOCAST or self.fused:  # fused bf16: the layers hold bf16 weights
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AUTOCAST[self.precision])
 
@@ -303,7 +314,7 @@ class MWMAERuntime(nn.Module):
         centres = centres.to(self.device).expand(b, -1).clone()
         out = torch.empty(b * c, classes, device=self.device)
         if b:
-            for first_row, part in self._encode_chunks(self._chunks(audio), self._chunk_logits):
+            for first_row, part in self._encode_chunks(self._chunks(audio), self._logits):
                 out[first_row:first_row + part.shape[0]] = part
         out = out.view(b, c, classes)
         return (out, centres) if per_chunk else (out.mean(dim=1), centres[:, :0])

@@ -63,7 +63,9 @@ def test_bench_helpers():
     assert rb.parse_config("ours-fp32-compile") == ("ours", "fp32", "compile")
     assert rb.parse_config("ours-fp32-unfused") == ("ours", "fp32", "unfused")
     assert rb.parse_config("ort-int8") == ("ort", "int8", "")
-    for bad in ("ort-bf16", "loop-fp32-compile", "ours-int4", "ours", "ours-int8-unfused", "ours-fp32-fast"):
+    assert rb.parse_config("tag-bf16") == ("tag", "bf16", "")
+    assert rb.reference_of("audiomae:tag-int8") == "audiomae:tag-fp32" and rb.reference_of("ours-int8") == "ours-fp32"
+    for bad in ("ort-bf16", "loop-fp32-compile", "tag-fp32-unfused", "ours-int4", "ours", "ours-int8-unfused", "ours-fp32-fast"):
         with pytest.raises(ValueError):
             rb.parse_config(bad)
     cfg = rb.bench_config("mwmae", "base")
@@ -111,7 +113,8 @@ def test_runtime_bench_in_process_interleaves_families_and_compares(tmp_path, ca
     threads = torch.get_num_threads()
     try:
         assert rb.main(["--in-process", "--size", "tiny", "--workloads", "1x3s", "--repeats", "2",
-                        "--configs", "ours-fp32,ours-fp32-unfused,audiomae:ours-fp32,audiomae:ours-int8",
+                        "--configs", "ours-fp32,ours-fp32-unfused,audiomae:ours-fp32,audiomae:ours-int8,"
+                                     "audiomae:tag-fp32,audiomae:tag-int8",
                         "--json", str(tmp_path / "i.json")]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -120,9 +123,36 @@ def test_runtime_bench_in_process_interleaves_families_and_compares(tmp_path, ca
     assert all(len(r["times_s"]) == 2 and r["gemm_gflops"] > 0 for r in runs.values())
     assert runs["audiomae:ours-fp32"]["output_shape"] == [1, 19, 1536] and runs["ours-fp32"]["output_shape"][1] == 76
     fid = {f["config"]: f for f in data["fidelity_vs_ours_fp32"]}
-    assert set(fid) == {"ours-fp32-unfused", "audiomae:ours-int8"}  # each against its own family's ours-fp32
+    # each against its own family's ours-fp32; the classifier's logits against tag-fp32
+    assert set(fid) == {"ours-fp32-unfused", "audiomae:ours-int8", "audiomae:tag-int8"}
     assert fid["ours-fp32-unfused"]["rel_err"] < 1e-5 and 0.99 < fid["audiomae:ours-int8"]["worst_cos"] < 1.0
+    assert runs["audiomae:tag-int8"]["output_shape"] == [1, rb.HEAD_CLASSES]  # logits per clip
+    assert 0.99 < fid["audiomae:tag-int8"]["worst_cos"] < 1.0
     assert "audiomae:ours-int8" in capsys.readouterr().out
+
+
+def test_families_machine_and_ratio_to_onnx_runtime():
+    rb = load_script("runtime_bench")
+    assert rb.expand_families(["loop-fp32", "ours-int8", "audiomae:ours-fp32"], ["mwmae", "audiomae"]) == [
+        "mwmae:loop-fp32", "mwmae:ours-int8", "audiomae:ours-int8", "audiomae:ours-fp32"]
+    assert rb.ort_of("ours-int8") == "ort-int8" and rb.ort_of("audiomae:ours-fp32") == "audiomae:ort-fp32"
+    assert rb.ort_of("ours-bf16") is None and rb.ort_of("ours-fp32-unfused") is None and rb.ort_of("ort-int8") is None
+    info = rb.machine()
+    assert info["cpu"] and info["torch"] == torch.__version__ and info["int8_engine"] in ("onednn", "fbgemm", "none")
+
+    def run_of(config: str, best_s: float, gemm: float) -> dict:
+        return {"config": config, "audio_s": 10.0, "best_s": best_s, "times_s": [best_s], "chunks": 5,
+                "chunk_gflop": 44.8, "gemm_gflops": gemm, "chunks_per_pass": 5, "setup_s": 0.0, "warmup_s": 0.0}
+
+    results = {("w", c): run_of(c, t, g) for c, t, g in (("audiomae:ours-fp32", 4.0, 300.0),
+                                                           ("audiomae:ours-int8", 1.0, 448.0),
+                                                           ("audiomae:ort-int8", 1.5, 448.0))}
+    table = rb.report(results, {}, ["w"], None, info).splitlines()
+    assert table[0].startswith("CPU: ")
+    row = next(line for line in table if "audiomae:ours-int8 |" in line)
+    cells = [c.strip() for c in row.split("|")]
+    # audio s/s 10, 4x fp32, 1.5x ONNX Runtime, 224 GFLOP/s = 0.50 of the 448 GEMM figure
+    assert cells[2:8] == ["10.00", "4.00", "1.50", "224", "448", "0.50"]
 
 
 def test_finetune_bench_reports_training_and_tagging_speed(tmp_path):
