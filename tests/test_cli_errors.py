@@ -299,3 +299,17 @@ def test_every_option_of_every_subcommand_has_help():
                 yield f"{name} {'/'.join(action.option_strings)}"
 
     assert list(missing(cli.build_parser(), "hear-mwmae")) == []
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--workers", "257", "must be 0 ... 256, got 257"),
+    ("--workers", "-1", "must be 0 ... 256, got -1"),
+    ("--workers", "two", "not a whole number: 'two'"),
+    ("--shard-rows", "0", "must be at least 1, got 0"),
+    ("--max-duration", "0", "must be a positive number of seconds, got 0"),
+])
+def test_embed_numbers_out_of_range_are_usage_errors(flag, value, message, wav, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["embed", str(wav), "--out", str(tmp_path / "out"), flag, value])
+    assert stop.value.code == 2 and f"argument {flag}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
