@@ -309,12 +309,31 @@ def open_audio(source: str | Path | tuple[str, bytes], max_duration: float | Non
         yield stream
 
 
+def mix_down(block: np.ndarray) -> np.ndarray:
+    """(n, channels) float32 -> (n,): the mean of the channels, bit-equal to `block.mean(axis=1)`.
+
+    numpy sums fewer than 8 values per row in order, so adding the channel columns in order and
+    dividing does the same arithmetic, an order of magnitude faster than its strided reduction
+    (2.4 ms vs 0.17 ms for 4 s of 44.1 kHz stereo); from 8 channels numpy's own mean.
+    """
+    channels = block.shape[1]
+    if channels == 1:
+        return block[:, 0]
+    if channels >= 8:
+        return block.mean(axis=1)
+    mixed = block[:, 0].copy()
+    for c in range(1, channels):
+        mixed += block[:, c]
+    mixed /= np.float32(channels)
+    return mixed
+
+
 def mono_blocks(stream: AudioStream, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """The stream mixed down (mean of the channels) and resampled to `sample_rate`: (m,) float32
     blocks that join into `resample(mono, stream.sample_rate)`."""
     resampler = StreamResampler(stream.sample_rate, sample_rate)
     for block in stream.blocks():
-        out = resampler.push(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0])
+        out = resampler.push(mix_down(block))
         if out.size:
             yield out
     tail = resampler.finish()
@@ -335,4 +354,4 @@ def read_audio(path: str | Path | tuple[str, bytes], sample_rate: int = SAMPLE_R
 
 
 __all__ = ["AUDIO_SUFFIXES", "MAX_CHANNELS", "SAMPLE_RATE", "AudioError", "AudioStream", "UnsupportedAudio",
-           "header_frames", "mono_blocks", "open_audio", "pyav_available", "read_audio", "resample"]
+           "header_frames", "mix_down", "mono_blocks", "open_audio", "pyav_available", "read_audio", "resample"]

@@ -425,3 +425,15 @@ def test_a_failed_write_leaves_no_partial_output(tmp_path, checkpoint, monkeypat
 def test_unloadable_model_is_exit_code_2(tmp_path):
     write(tmp_path / "a.wav", noise(0.5, 40))
     assert cli("--model", tmp_path / "nope.pt", tmp_path / "a.wav", "--out", tmp_path / "out") == 2
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 5, 7, 8, 11])
+def test_mix_down_is_bit_equal_to_the_mean_of_the_channels(channels):
+    from hear_mwmae.audio import mix_down
+
+    rng = np.random.default_rng(channels)
+    block = (rng.standard_normal((48_011, channels)) * rng.uniform(1e-4, 1.0, channels)).astype(np.float32)
+    block[:5] = [np.float32(1 - 2 ** -24)] * channels  # sums that round
+    mixed = mix_down(block)
+    assert mixed.dtype == np.float32 and mixed.shape == (48_011,)
+    assert np.array_equal(mixed, block.mean(axis=1) if channels > 1 else block[:, 0])
