@@ -144,8 +144,8 @@ def default_workers(files: int, ranks_here: int = 1, on_cpu: bool = True) -> int
     With the model on an accelerator: one per core this process may use (the cores shared by the
     ranks on this machine), at most 8. With the model on the CPU the decoders take cores from the
     model, which costs more per audio second than decoding (on 2 Xeon cores the 1.8 M-parameter
-    demo model costs 2.8x the decoding of 44.1 kHz stereo FLAC, a base model over 20x): a quarter
-    of the cores, so none below 4 (measured on 2 cores: 2 workers ran at 0.82x of none).
+    demo model costs 3.6x the decoding of 44.1 kHz stereo FLAC, a base model over 20x): a quarter
+    of the cores, so none below 4 (measured on 2 cores: 2 workers ran at 0.72-0.82x of none).
     """
     if files < 8:
         return 0
