@@ -9,8 +9,9 @@ value is the file's stored bytes, or a path to it — and decoded by `hear_mwmae
 file: mixed down, resampled to 16 kHz, checked.
 
 `embed_dataset` returns the dataset with `embedding` added (scene: D float32 per row; timestamp
-mode: steps x D) and, in timestamp mode, `timestamps` (ms), computed by a batched `map` (rows of
-a batch embedded together, `embed_batch.embed_clips`); the Audio column keeps its own feature.
+mode: steps x D) and, in timestamp mode, `timestamps` (ms), computed by a batched `map` (the rows
+of a batch go through `embed`'s own device batching, `embed_pipeline.embed_decoded`); the Audio
+column keeps its own feature.
 
 `dataset_plan` turns a dataset's rows into `embed` jobs (the CLI's --hf-dataset, written as
 Parquet): each row's input is "<dataset>[<split>]/<row>", its fingerprint the sha256 of its
@@ -75,10 +76,8 @@ def embed_dataset(ds: Any, model: Any, audio_column: str = "audio", mode: str = 
     `timestamps`) added; see the module docstring. `model` comes from `hear_mwmae.load_model`.
     A row that cannot be decoded or embeds to NaN / Inf raises ValueError naming the row."""
     from . import _runtime
-    from .embed_batch import embed_clips
     from .embed_decode import decode_clip
-    from .embed_pipeline import check_finite
-    from .embed_stream import embed_long
+    from .embed_pipeline import check_finite, embed_decoded
 
     datasets = _datasets()
     runtime = _runtime(model)
@@ -103,18 +102,15 @@ def embed_dataset(ds: Any, model: Any, audio_column: str = "audio", mode: str = 
                 if clip.error:
                     raise ValueError(f"row {row}: {clip.error}")
                 clips.append(clip)
-            short = [i for i, c in enumerate(clips) if c.spill is None]
-            results: dict[int, tuple] = dict(zip(short, embed_clips(runtime, [clips[i].samples for i in short],
-                                                                    mode == "scene")))
-            for i, clip in enumerate(clips):
-                if clip.spill is not None:  # longer than the in-memory limit: swept from its temporary file
-                    emb, stamps = embed_long(runtime, clip.blocks, clip.num_samples, clip.wave_mean, mode == "scene")
-                    results[i] = (emb if isinstance(emb, np.ndarray) else emb.array(), stamps)
-            for i, clip in enumerate(clips):
+            results: dict[int, tuple] = {}
+            for i, clip, emb, stamps, error in embed_decoded(runtime, enumerate(clips), mode == "scene"):
+                if error is not None:
+                    raise ValueError(f"row {rows[i]}: {error}")
                 try:
-                    check_finite(results[i][0], clip.peak)
+                    check_finite(emb, clip.peak)
                 except ValueError as exc:
                     raise ValueError(f"row {rows[i]}: {exc}") from None
+                results[i] = (emb if isinstance(emb, np.ndarray) else emb.array(), stamps)
         out = {"embedding": [results[i][0] for i in range(len(clips))]}
         if mode == "timestamp":
             out["timestamps"] = [results[i][1] for i in range(len(clips))]

@@ -23,7 +23,7 @@ import queue
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ from .embed_stream import Rows, embed_long
 from .runtime import LOUD_AUDIO
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 WRITE_QUEUE = 64  # results waiting for the writer thread at most
 BATCH_CHUNKS = 4  # a device batch holds up to this many micro-batches' worth of chunks
@@ -160,6 +162,11 @@ def embed_share(runtime: torch.nn.Module, jobs: list[Job], index: Index, store: 
         record(result.job, "ok", result.extra, result.names, dim=int(result.emb.shape[-1]), **steps)
         bar.update(1)
 
+    def lost(exc: StoreError) -> None:
+        """(writer thread) Every result a failed write took with it is recorded as failed."""
+        for result in exc.results:
+            failed(result.job, failure_reason(exc.__cause__ or exc), result.extra)
+
     def write(result: Result, peak: float) -> None:
         """(writer thread) An embedded input: checked, recorded as pending, written, recorded as ok."""
         try:
@@ -168,13 +175,10 @@ def embed_share(runtime: torch.nn.Module, jobs: list[Job], index: Index, store: 
             record(result.job, PENDING, {}, result.names)  # from here on, an output on disk has a record
             finished = store.put(result)
         except StoreError as exc:
-            for lost in exc.results:
-                failed(lost.job, failure_reason(exc.__cause__ or exc), lost.extra)
-            return
+            return lost(exc)
         except Exception as exc:
             result.release()
-            failed(result.job, failure_reason(exc), result.extra)
-            return
+            return failed(result.job, failure_reason(exc), result.extra)
         for r in finished:
             done(r)
 
@@ -182,9 +186,7 @@ def embed_share(runtime: torch.nn.Module, jobs: list[Job], index: Index, store: 
         try:
             finished = store.close()
         except StoreError as exc:
-            for lost in exc.results:
-                failed(lost.job, failure_reason(exc.__cause__ or exc), lost.extra)
-            return
+            return lost(exc)
         for r in finished:
             done(r)
 
@@ -216,16 +218,13 @@ def embed_share(runtime: torch.nn.Module, jobs: list[Job], index: Index, store: 
         with logging_redirect_tqdm(), bar:
             clips = decoder.map(todo, lambda item: job_source(item[0]))
             ready = (c for c in clips if _usable(c, writer, failed))
-            chunks = BATCH_CHUNKS * runtime.max_chunks_per_batch
-            for batch in plan_batches(ready, lambda c: None if c[1].spill else clip_chunks(runtime, c[1].num_samples),
-                                      chunks):
-                for (job, extra), clip, emb, stamps, error in _embed_batch(runtime, batch, scene_only):
-                    extra = {**extra, **clip.info, **_loudness(job, clip)}
-                    if error is not None:
-                        writer.submit(lambda job=job, error=error, extra=extra: failed(job, error, extra))
-                    else:
-                        result = Result(job, extra, emb, stamps)
-                        writer.submit(lambda result=result, peak=clip.peak: write(result, peak))
+            for (job, extra), clip, emb, stamps, error in embed_decoded(runtime, ready, scene_only):
+                extra = {**extra, **clip.info, **_loudness(job, clip)}
+                if error is not None:
+                    writer.submit(lambda job=job, error=error, extra=extra: failed(job, error, extra))
+                else:
+                    result = Result(job, extra, emb, stamps)
+                    writer.submit(lambda result=result, peak=clip.peak: write(result, peak))
             writer.submit(close_store)
             writer.close()
     finally:
@@ -255,6 +254,17 @@ def _loudness(job: Job, clip: Clip) -> dict[str, Any]:
     return {}
 
 
+def embed_decoded(runtime: torch.nn.Module, items: Iterable[tuple[T, Clip]], scene_only: bool,
+                  ) -> Iterator[tuple[T, Clip, Any, np.ndarray | None, str | None]]:
+    """(item, decoded clip) pairs, in order -> (item, clip, emb, stamps, error or None), in order:
+    consecutive clips embedded together in device batches of up to BATCH_CHUNKS micro-batches of
+    chunks, a clip held in a temporary file (long) swept on its own (`embed_long`)."""
+    budget = BATCH_CHUNKS * runtime.max_chunks_per_batch
+    for batch in plan_batches(items, lambda c: None if c[1].spill else clip_chunks(runtime, c[1].num_samples),
+                              budget):
+        yield from _embed_batch(runtime, batch, scene_only)
+
+
 def _embed_batch(runtime: torch.nn.Module, batch: list, scene_only: bool) -> list[tuple]:
     """[((job, extra), clip)] -> [((job, extra), clip, emb, stamps, error or None)]. A batch that fails
     is retried one clip at a time, so that one bad file cannot sink the others."""
@@ -278,4 +288,4 @@ def _embed_batch(runtime: torch.nn.Module, batch: list, scene_only: bool) -> lis
         return [(item, clip, None, None, failure_reason(exc))]
 
 
-__all__ = ["Summary", "Writer", "check_finite", "embed_share", "job_facts", "job_source"]
+__all__ = ["Summary", "Writer", "check_finite", "embed_decoded", "embed_share", "job_facts", "job_source"]
