@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +34,30 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (CheckpointError, FetchError, HubError, ValueError, TypeError, OSError, ImportError)
 
 
+def _run(command: str, args: argparse.Namespace, call: Callable[[], Any]) -> int:
+    """Print what `call` returns (the folder, the URL): exit 0; a user error: one line, exit 2."""
+    try:
+        result = call()
+    except _errors() as exc:
+        log.error("hear-mwmae %s: %s", command, exc, exc_info=bool(args.verbose))
+        return 2
+    print(result)
+    return 0
+
+
 def _save(args: argparse.Namespace) -> int:
     from .hub import save_pretrained
 
-    try:
-        folder = save_pretrained(args.model, args.out, repo_id=args.repo_id, overwrite=args.force,
-                                 **_card_options(args))
-    except _errors() as exc:
-        log.error("hear-mwmae save-pretrained: %s", exc, exc_info=bool(args.verbose))
-        return 2
-    print(folder)
-    return 0
+    return _run("save-pretrained", args, lambda: save_pretrained(
+        args.model, args.out, repo_id=args.repo_id, overwrite=args.force, **_card_options(args)))
 
 
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
-    try:
-        url = push_to_hub(args.model, args.repo_id, private=args.private, revision=args.revision,
-                          commit_message=args.message, **_card_options(args))
-    except _errors() as exc:
-        log.error("hear-mwmae push-to-hub: %s", exc, exc_info=bool(args.verbose))
-        return 2
-    print(url)
-    return 0
+    return _run("push-to-hub", args, lambda: push_to_hub(
+        args.model, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message,
+        **_card_options(args)))
 
 
 def _add_card_arguments(p: argparse.ArgumentParser) -> None:
