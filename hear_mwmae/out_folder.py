@@ -181,32 +181,33 @@ class OutFolder:
 
     def open_append(self, name: str) -> IO[str]:
         """`name` opened for appending text (created if missing); a link there raises LinkError."""
-        *parents, last = check_name(name)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW
-        with self._folder(tuple(parents), create=True) as (fd, folder):
-            try:
-                handle = os.open(last, flags, 0o666, dir_fd=fd) if fd is not None else self._open_plain(folder, last,
-                                                                                                         flags)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.EMLINK):
-                    raise self._not_a_folder((*parents, last)) from None
-                raise
+        parts = check_name(name)
+        with self._folder(parts[:-1], create=True) as (fd, folder):
+            handle = self._open_last(fd, folder, parts, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         return os.fdopen(handle, "a", encoding="utf-8")
 
     def open_read(self, name: str) -> IO[bytes] | None:
         """`name` opened for reading, or None when it is missing; a link there raises LinkError."""
-        *parents, last = check_name(name)
+        parts = check_name(name)
         try:
-            with self._folder(tuple(parents), create=False) as (fd, folder):
-                flags = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0)
-                handle = os.open(last, flags, dir_fd=fd) if fd is not None else self._open_plain(folder, last, flags)
+            with self._folder(parts[:-1], create=False) as (fd, folder):
+                handle = self._open_last(fd, folder, parts, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             return None
+        return os.fdopen(handle, "rb")
+
+    def _open_last(self, fd: int | None, folder: Path, parts: tuple[str, ...], flags: int) -> int:
+        """Open the last of `parts` inside its folder (`fd`, or `folder` where there are no dir fds)
+        without following a link: a link there raises LinkError."""
+        flags |= _NOFOLLOW
+        try:
+            if fd is not None:
+                return os.open(parts[-1], flags, 0o666, dir_fd=fd)
+            return self._open_plain(folder, parts[-1], flags)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EMLINK):
-                raise self._not_a_folder((*parents, last)) from None
+                raise self._not_a_folder(parts) from None
             raise
-        return os.fdopen(handle, "rb")
 
     def _open_plain(self, folder: Path, name: str, flags: int) -> int:
         st = self._lstat(None, folder, name)
@@ -237,14 +238,9 @@ class OutFolder:
             self.refuse_link(name)
             lock = try_lock(self.path(name))
             return None if lock is None else contextlib.closing(_Released(lock))
-        *parents, last = check_name(name)
-        with self._folder(tuple(parents), create=True) as (fd, _):
-            try:
-                handle = os.open(last, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.EMLINK):
-                    raise self._not_a_folder((*parents, last)) from None
-                raise
+        parts = check_name(name)
+        with self._folder(parts[:-1], create=True) as (fd, folder):
+            handle = self._open_last(fd, folder, parts, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
