@@ -242,7 +242,7 @@ def embed_files(runtime: torch.nn.Module, plan: Plan, out_dir: str | Path, *, se
         store = make_store(format, index.folder, runtime, mode, settings, shard_rows, info.rank)
         jobs = plan.jobs[info.rank::info.world_size]
         if workers is None:
-            on_cpu = next(runtime.parameters()).device.type == "cpu"
+            on_cpu = runtime.device.type == "cpu"
             workers = default_workers(len(jobs), int(os.environ.get("LOCAL_WORLD_SIZE", "1")), on_cpu)
         summary = embed_share(runtime, jobs, index, store, settings, mode=mode, overwrite=overwrite,
                               hash_inputs=hash_inputs,

@@ -33,7 +33,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from .checkpoint import DECODER_PREFIX, FORMAT, FORMAT_VERSION, Checkpoint, CheckpointError, save_checkpoint
 from .files import atomic_write, sha256_file
@@ -237,24 +236,14 @@ def _from_runtime(runtime: Any) -> Checkpoint:
 
 def _check_weights(ckpt: Checkpoint) -> None:
     """The weights are exactly those of the config's model: same keys, same shapes (nothing
-    unusable is published). Checked against a model built on the meta device (no memory)."""
-    from .classifier import PREFIX, Classifier
-    from .model import MWMAE, Encoder
+    unusable is published), by the check every loader runs (`state_checks.check_against_config`)."""
+    from .state_checks import WeightsError, check_against_config
 
-    cfg = ckpt.config
-    with torch.device("meta"):
-        model = Encoder(cfg.model) if ckpt.encoder_only else MWMAE(cfg.model)
-        expected = {("encoder." if ckpt.encoder_only else "") + k: v.shape for k, v in model.state_dict().items()}
-        if cfg.head is not None:
-            expected.update({PREFIX + k: v.shape for k, v in Classifier(cfg.model, cfg.head).state_dict().items()})
-    actual = {k: v.shape for k, v in ckpt.state_dict.items()}
-    problems = ([f"missing {k}" for k in sorted(expected.keys() - actual.keys())]
-                + [f"unexpected {k}" for k in sorted(actual.keys() - expected.keys())]
-                + [f"{k}: {tuple(actual[k])} (expected {tuple(expected[k])})"
-                   for k in sorted(expected.keys() & actual.keys()) if actual[k] != expected[k]])
-    if problems:
-        raise CheckpointError(f"the weights do not match the config ({len(problems)} problem(s): "
-                              f"{'; '.join(problems[:5])})")
+    parts = ("encoder",) + (() if ckpt.encoder_only else ("decoder",)) + (("classifier",) if ckpt.config.head else ())
+    try:
+        check_against_config(ckpt.config, ckpt.state_dict, parts)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _with_license(provenance: dict[str, Any], license: str | None) -> dict[str, Any]:

@@ -145,6 +145,15 @@ def test_a_loaded_model_saves_its_encoder_and_classifier(models, tmp_path):
     assert marked.encoder_only and marked.state_dict.keys() == ft.state_dict.keys()
     with pytest.raises(TypeError, match="model reference"):
         hear_mwmae.save_pretrained(torch.nn.Linear(2, 2), tmp_path / "x")
+    # weights that do not fit their config are never published
+    state = dict(ft.state_dict)
+    state.pop("classifier.head.bias")
+    with pytest.raises(CheckpointError, match="missing weights .*classifier.head.bias"):
+        hear_mwmae.save_pretrained(dataclasses.replace(ft, state_dict=state), tmp_path / "y")
+    state["classifier.head.bias"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match=r"'classifier.head.bias' \(3,\) \(config: \(7,\)\)"):
+        hear_mwmae.save_pretrained(dataclasses.replace(ft, state_dict=state), tmp_path / "y")
+    assert not (tmp_path / "y").exists()
 
 
 def test_encoder_only_folders_and_folders_that_are_not_empty(models, tmp_path, caplog):
